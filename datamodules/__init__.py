@@ -1,0 +1,20 @@
+"""LightningDataModules and synthetic tasks: prompts from JSONL / `datasets` / Python lists / tasks."""
+
+from __future__ import annotations
+
+from datamodules.errors import DataConfigError
+from datamodules.prompts import PromptBatches, PromptDataModule, load_rows, prepare_rows, split_held_out
+from datamodules.tasks import TASKS, make_arithmetic, make_countdown, make_task
+
+__all__ = [
+    "TASKS",
+    "DataConfigError",
+    "PromptBatches",
+    "PromptDataModule",
+    "load_rows",
+    "make_arithmetic",
+    "make_countdown",
+    "make_task",
+    "prepare_rows",
+    "split_held_out",
+]

@@ -1,0 +1,280 @@
+"""The trainable policy: a Hugging Face causal LM (full, LoRA or QLoRA) plus its tokenizer.
+
+`Policy` owns the model, the tokenizer and the reference model, and computes per-token log-probs of
+completion tokens (temperature-scaled as TRL does: logits / temperature) in micro-batches.
+Reference log-probs come from the same weights with the LoRA adapter disabled, or from a frozen copy of
+the starting checkpoint for a full fine-tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+class PolicyConfigError(ValueError):
+    """A bad policy setting (model path, LoRA target, quantization): the message names the field and the fix."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft `LoraConfig`)."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or "all-linear" (every linear layer except the LM head)."""
+    bias: str = "none"
+    """peft bias mode: none, all or lora_only."""
+
+
+QUANTIZATION_MODES = ("4bit", "8bit")
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise PolicyConfigError(f"model.dtype={dtype!r} is not a dtype; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def _load_base(path: str, *, dtype: torch.dtype, quantization: str | None, trust_remote_code: bool,
+               attn_implementation: str | None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        if quantization not in QUANTIZATION_MODES:
+            raise PolicyConfigError(f"model.quantization={quantization!r}; use one of {QUANTIZATION_MODES} or null")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise PolicyConfigError(
+                f"model.quantization={quantization!r} needs bitsandbytes: pip install 'r1-recipes[quant]'") from err
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "4bit":
+            # QLoRA: NF4 storage, compute in the model dtype (float32 on CPU, bf16 is typical on GPU).
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        else:
+            kwargs["device_map"] = "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+class Policy(nn.Module):
+    """A causal LM policy with optional LoRA/QLoRA adapters and a reference model for KL.
+
+    Build it with `Policy.from_pretrained(path, lora=..., quantization=...)`.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, source: str | None = None, load_kwargs: dict | None = None,
+                 reference: str = "auto") -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self._load_kwargs = load_kwargs or {}
+        if reference not in ("auto", "adapter", "copy", "none"):
+            raise PolicyConfigError(f"model.reference={reference!r}; use auto, adapter, copy or none")
+        if reference == "auto":
+            reference = "adapter" if self.is_peft else "copy"
+        if reference == "adapter" and not self.is_peft:
+            raise PolicyConfigError("model.reference='adapter' needs LoRA (set model.lora) ; use 'copy' for a full fine-tune")
+        self.reference_mode = reference
+        # A frozen copy is built on demand (only KL needs it). Kept in a list so it is not a registered
+        # submodule: it is neither trained nor saved in checkpoints (it is reloaded from `source`).
+        self._reference: list[nn.Module] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str, *, lora: LoraSettings | dict | None = None, quantization: str | None = None,
+                        dtype: str | torch.dtype = "float32", gradient_checkpointing: bool = False,
+                        reference: str = "auto", trust_remote_code: bool = False,
+                        attn_implementation: str | None = None) -> "Policy":
+        """Load a causal LM + tokenizer from a local path, an alias (see `modules.models`) or a hub id."""
+        from transformers import AutoTokenizer
+
+        from modules.models.registry import resolve_model_path
+
+        path = resolve_model_path(str(path))
+        if quantization is not None and lora is None:
+            raise PolicyConfigError(
+                f"model.quantization={quantization!r} without model.lora: quantized weights cannot be trained; "
+                "add a `lora:` block (QLoRA)")
+        torch_dtype = _resolve_dtype(dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = _load_base(path, dtype=torch_dtype, quantization=quantization, trust_remote_code=trust_remote_code,
+                           attn_implementation=attn_implementation)
+        if model.generation_config is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if lora is not None:
+                model.enable_input_require_grads()
+        if model.config.use_cache is not None and gradient_checkpointing:
+            model.config.use_cache = False
+        if lora is not None:
+            model = _apply_lora(model, lora)
+        load_kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                       "attn_implementation": attn_implementation}
+        return cls(model, tokenizer, source=path, load_kwargs=load_kwargs, reference=reference)
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config") and hasattr(self.model, "disable_adapter")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ reference model
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The model that gives reference log-probs: the base with the adapter off, or a frozen copy."""
+        if self.reference_mode == "none":
+            raise PolicyConfigError("a KL term needs a reference model but model.reference='none'; set it to auto")
+        if self.reference_mode == "adapter":
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        if not self._reference:
+            self._reference.append(self._load_frozen_copy())
+        ref = self._reference[0]
+        if ref.device != self.device:
+            ref.to(self.device)
+        yield ref
+
+    def _load_frozen_copy(self) -> nn.Module:
+        if self.source is None:
+            import copy
+
+            ref = copy.deepcopy(self.model)
+        else:
+            ref = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
+                             trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
+                             attn_implementation=self._load_kwargs.get("attn_implementation"))
+        ref.eval().requires_grad_(False)
+        return ref.to(self.device)
+
+    def set_reference(self, model: nn.Module) -> None:
+        """Use `model` (frozen) as the reference, e.g. a moving proxy model (NOVER)."""
+        model.eval().requires_grad_(False)
+        self._reference[:] = [model]
+        self.reference_mode = "copy"
+
+    # ------------------------------------------------------------------ log-probs
+    def token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                    completion_attention_mask: Tensor, *, temperature: float = 1.0, micro_batch_size: int | None = None,
+                    with_entropy: bool = False, model: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+        """Log-probs (N, T) of each completion token under `model` (default: the policy), with temperature.
+
+        Only the T completion positions go through the LM head (`logits_to_keep`), one micro-batch at a time.
+        Returns (logps, entropy) where entropy (N, T) is the full-distribution entropy at each position.
+        """
+        model = self.model if model is None else model
+        n, t = completion_ids.shape
+        micro = n if not micro_batch_size else int(micro_batch_size)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P + T)
+        attention = torch.cat([prompt_mask, completion_attention_mask], dim=1)  # (N, P + T)
+        # Positions count real tokens only, exactly as `generate` builds them for left-padded prompts.
+        position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+        logps, entropies = [], []
+        for i in range(0, n, micro):
+            out = model(input_ids=input_ids[i:i + micro], attention_mask=attention[i:i + micro],
+                        position_ids=position_ids[i:i + micro], logits_to_keep=t + 1, use_cache=False)
+            logits = out.logits[:, :-1, :].float()  # (n, T, V): position j predicts completion token j
+            if temperature != 1.0:
+                logits = logits / temperature
+            logps.append(selective_log_softmax(logits, completion_ids[i:i + micro]))
+            if with_entropy:  # a metric only: no graph through it
+                with torch.no_grad():
+                    entropies.append(entropy_from_logits(logits.detach()))
+        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+
+    @torch.no_grad()
+    def ref_token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                        completion_attention_mask: Tensor, *, temperature: float = 1.0,
+                        micro_batch_size: int | None = None) -> Tensor:
+        """Reference log-probs (N, T), no grad."""
+        with self.reference_model() as ref:
+            logps, _ = self.token_logps(prompt_ids, prompt_mask, completion_ids, completion_attention_mask,
+                                        temperature=temperature, micro_batch_size=micro_batch_size, model=ref)
+        return logps
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save the adapter only (LoRA) or the full model, plus the tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+
+def _apply_lora(model: nn.Module, lora: LoraSettings | dict) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora))
+    config = LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, target_modules=settings.target_modules, bias=settings.bias)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise PolicyConfigError(f"model.lora.target_modules={settings.target_modules!r}: {err}. "
+                                "Use 'all-linear' or names from model.named_modules()") from err
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """log_softmax(logits)[..., index] without materialising the full log-softmax: (N, T, V), (N, T) -> (N, T)."""
+    picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # (N, T)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) along the vocabulary: (N, T, V) -> (N, T)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def lora_settings_dict(lora: LoraSettings | dict | None) -> dict | None:
+    if lora is None:
+        return None
+    return asdict(lora) if isinstance(lora, LoraSettings) else dict(lora)
+
+
+__all__ = ["Policy", "LoraSettings", "PolicyConfigError", "selective_log_softmax", "entropy_from_logits",
+           "QUANTIZATION_MODES"]

@@ -1,0 +1,41 @@
+"""Reward functions (TRL contract ``fn(prompts, completions, **columns) -> list[float | None]``),
+registered by name, and `RewardSet` for their weighted combination.
+
+Registered names: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``; a config may
+also name a user's function by dotted import path.
+"""
+
+from __future__ import annotations
+
+from modules.rewards.registry import (
+    RewardError,
+    RewardSet,
+    RewardSpec,
+    completion_text,
+    get_reward,
+    list_rewards,
+    register_reward,
+)
+from modules.rewards.accuracy import accuracy_reward, extract_answer, extract_boxed, extract_last_number
+from modules.rewards.countdown import countdown_reward
+from modules.rewards.format import format_reward
+from modules.rewards.length import length_penalty, overlong_reward, soft_overlong_punishment
+
+__all__ = [
+    "RewardError",
+    "RewardSet",
+    "RewardSpec",
+    "accuracy_reward",
+    "completion_text",
+    "countdown_reward",
+    "extract_answer",
+    "extract_boxed",
+    "extract_last_number",
+    "format_reward",
+    "get_reward",
+    "length_penalty",
+    "list_rewards",
+    "overlong_reward",
+    "register_reward",
+    "soft_overlong_punishment",
+]

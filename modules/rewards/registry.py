@@ -1,0 +1,243 @@
+"""Reward registry and the weighted combination of reward functions.
+
+A reward function follows TRL's contract::
+
+    fn(prompts: list, completions: list[str], **columns) -> list[float | None]
+
+`columns` are the per-row dataset fields (``answer=[...]``, ``numbers=[...]``) plus what the trainer
+adds (``completion_lengths: list[int]``, ``truncated: list[bool]``). ``None`` means "not applicable to
+this row". Every function accepts and ignores unknown keywords.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+RewardFn = Callable[..., list]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned something unusable; the message names the function."""
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering a reward function under `name` (usable in configs as ``name: <name>``)."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"reward name {name!r} is already registered to {old.__module__}.{old.__qualname__}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_rewards() -> list[str]:
+    """Sorted names of the registered reward functions."""
+    return sorted(_REGISTRY)
+
+
+def get_reward(name: str) -> RewardFn:
+    """Return the registered function `name`, or import a dotted path ``pkg.mod.fn`` (a user's own reward)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if "." in name:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"reward {name!r}: cannot import module {module_name!r} ({err})") from err
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise ValueError(f"reward {name!r}: module {module_name!r} has no callable {attr!r}")
+        return fn
+    raise ValueError(
+        f"unknown reward {name!r}; registered rewards: {', '.join(list_rewards())}. "
+        "Use one of these or a dotted import path such as 'my_pkg.rewards.my_reward'."
+    )
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or TRL's conversational form (a list of messages; last content)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
+@dataclass
+class RewardSpec:
+    """One reward function in a config: a registered name (or dotted import path), its weight and options."""
+
+    name: str
+    """Registered reward name (see `list_rewards()`) or a dotted import path ``pkg.mod.fn``."""
+    weight: float = 1.0
+    """Multiplier of this function's value in the total reward."""
+    kwargs: dict = field(default_factory=dict)
+    """Options bound to the function with `functools.partial` (e.g. ``{extract: boxed, mode: math}``)."""
+
+
+def _fn_name(fn: Callable) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+class RewardSet:
+    """Several reward functions, scored together and combined with weights.
+
+    Total reward per row = sum over functions of ``weight * value``, a ``None`` counting as 0 for that
+    function (TRL's nansum). A row where *every* function returned ``None`` has no defined reward: TRL
+    would give it NaN, which then poisons the group's advantages; here it raises a `RewardError` naming
+    the row instead, so that a missing reward for some rows (e.g. a domain no function handles) is
+    found at once. Give such rows a function that returns a value (even 0.0).
+    """
+
+    def __init__(self, funcs: Sequence[RewardFn], weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        if not funcs:
+            raise ValueError("RewardSet needs at least one reward function")
+        weights = [1.0] * len(funcs) if weights is None else [float(w) for w in weights]
+        names = [_fn_name(f) for f in funcs] if names is None else list(names)
+        if not len(funcs) == len(weights) == len(names):
+            raise ValueError(f"RewardSet got {len(funcs)} functions, {len(weights)} weights and {len(names)} names")
+        for name, w in zip(names, weights):
+            if not math.isfinite(w):
+                raise ValueError(f"reward {name!r} has weight {w}; weights must be finite numbers")
+        self.funcs = list(funcs)
+        self.weights = weights
+        self.names = _unique(names)
+        # Options bound with functools.partial: a dataset column of the same name would override them.
+        self._bound = [tuple(f.keywords) if isinstance(f, functools.partial) else () for f in funcs]
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[RewardSpec | str | dict | RewardFn]) -> RewardSet:
+        """Build from config entries: `RewardSpec`, a name / dotted path, a ``{name, weight, kwargs}`` dict,
+        or a callable (weight 1). Repeated names get suffixes ``_2``, ``_3``."""
+        funcs, weights, names = [], [], []
+        for spec in specs:
+            if isinstance(spec, dict):
+                spec = RewardSpec(**spec)
+            if isinstance(spec, str):
+                spec = RewardSpec(spec)
+            if isinstance(spec, RewardSpec):
+                fn = get_reward(spec.name)
+                funcs.append(functools.partial(fn, **spec.kwargs) if spec.kwargs else fn)
+                weights.append(spec.weight)
+                names.append(spec.name.rpartition(".")[2])
+            elif callable(spec):
+                funcs.append(spec)
+                weights.append(1.0)
+                names.append(_fn_name(spec))
+            else:
+                raise TypeError(f"reward spec must be a RewardSpec, name, dict or callable, got {spec!r}")
+        return cls(funcs, weights, names)
+
+    def __len__(self) -> int:
+        return len(self.funcs)
+
+    def __call__(self, prompts: list, completions: list[str], columns: dict[str, list] | None = None,
+                 **extra: Any) -> tuple[Tensor, Tensor]:
+        """Score every completion with every function.
+
+        `columns`: per-row dataset fields; `extra`: trainer keywords (``completion_lengths``,
+        ``truncated``; tensors are turned into lists). Returns ``(rewards_per_func (N, F) float32 with
+        NaN for None, total (N,))``.
+        """
+        columns = dict(columns or {})
+        n = len(completions)
+        for key, value in list(extra.items()):
+            if isinstance(value, Tensor):
+                extra[key] = value.tolist()
+        clash = sorted(set(columns) & (set(extra) | {"prompts", "completions"}))
+        if clash:
+            raise ValueError(f"dataset columns {clash} clash with keywords the trainer passes; rename the columns")
+        for key, value in {**columns, **extra}.items():
+            if isinstance(value, (list, tuple)) and len(value) != n:
+                raise ValueError(f"column {key!r} has {len(value)} values for {n} completions")
+
+        per_func = torch.empty(n, len(self.funcs), dtype=torch.float32)  # (N, F)
+        for j, (name, fn, bound) in enumerate(zip(self.names, self.funcs, self._bound)):
+            clash = sorted(set(bound) & set(columns))
+            if clash:
+                raise ValueError(f"reward {name!r}: options {clash} have the same name as dataset columns; "
+                                 "rename the columns")
+            per_func[:, j] = _validated(name, _call(name, fn, prompts, completions, columns, extra), n)
+
+        weights = torch.tensor(self.weights, dtype=torch.float32)  # (F,)
+        none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
+        if none_rows:
+            i = none_rows[0]
+            raise RewardError(
+                f"no reward function applied to row {i} (all of {self.names} returned None; "
+                f"{len(none_rows)} such rows): add a reward that scores it. Completion: {str(completions[i])[:200]!r}"
+            )
+        total = torch.nansum(per_func * weights, dim=1)  # (N,)
+        return per_func, total
+
+    def stats(self, rewards_per_func: Tensor) -> dict[str, float]:
+        """``rewards/<name>/mean`` and ``rewards/<name>/std`` over the non-None (non-NaN) values.
+
+        std is unbiased (as torch.std and TRL's nanstd) and 0.0 with fewer than 2 values; the mean is NaN
+        when a function applied to no row.
+        """
+        out: dict[str, float] = {}
+        for j, name in enumerate(self.names):
+            col = rewards_per_func[:, j]
+            vals = col[~torch.isnan(col)].double()
+            out[f"rewards/{name}/mean"] = vals.mean().item() if vals.numel() else float("nan")
+            out[f"rewards/{name}/std"] = vals.std().item() if vals.numel() >= 2 else 0.0
+        return out
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}*{w:g}" for n, w in zip(self.names, self.weights))
+        return f"RewardSet({parts})"
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def _call(name: str, fn: RewardFn, prompts, completions, columns, extra) -> Any:
+    try:
+        return fn(prompts=prompts, completions=completions, **columns, **extra)
+    except Exception as err:
+        raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
+
+
+def _validated(name: str, values: Any, n: int) -> Tensor:
+    """Check one function's output and turn it into a float32 (N,) tensor with NaN for None."""
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward {name!r} returned {type(values).__name__}; it must return a list of "
+                          "floats (or None) with one value per completion")
+    if len(values) != n:
+        raise RewardError(f"reward {name!r} returned {len(values)} values for {n} completions")
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(float("nan"))
+            continue
+        if not isinstance(v, numbers.Real):
+            raise RewardError(f"reward {name!r} returned {v!r} ({type(v).__name__}) for row {i}; "
+                              "values must be int/float or None")
+        if not math.isfinite(v):
+            raise RewardError(f"reward {name!r} returned {v} for row {i}; a reward must be finite or None")
+        out.append(float(v))
+    return torch.tensor(out, dtype=torch.float32)

@@ -1,0 +1,75 @@
+"""The rollout-engine interface and the shared prompt rendering every engine uses."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from modules.rollout.batch import RolloutBatch
+
+
+@dataclass
+class SamplingSettings:
+    """How completions are sampled (shared by every engine)."""
+
+    max_new_tokens: int = 64
+    """Completion budget in tokens; a completion that reaches it without EOS/stop is `truncated`."""
+    temperature: float = 1.0
+    """Sampling temperature (also divides the logits when scoring, as TRL does)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    repetition_penalty: float = 1.0
+    """HF repetition penalty (1.0 = off)."""
+    stop: list[str] | None = None
+    """Stop strings; the stop string is kept in the completion text (rewards often need the closing tag)."""
+    chat_template: str = "auto"
+    """auto: use the tokenizer's chat template when it has one; always; never (raw prompt text)."""
+
+
+class RolloutEngine(ABC):
+    """Samples G completions per prompt and returns one `RolloutBatch` (rows of a group adjacent)."""
+
+    sampling: SamplingSettings
+
+    @abstractmethod
+    def generate(self, prompts: list[Any], columns: dict[str, list[Any]], *, num_generations: int,
+                 greedy: bool = False) -> RolloutBatch:
+        """prompts: B dataset prompts (text or chat messages); columns: B values per field."""
+
+    def sync_weights(self) -> None:
+        """Push the policy's current weights into the engine (a no-op when the engine shares them)."""
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        return getattr(self, "_last_stats", {})
+
+
+def render_prompt(tokenizer, prompt: Any, *, system_prompt: str | None = None, chat_template: str = "auto") -> str:
+    """The exact text the model is conditioned on: the chat template when used, else the raw prompt."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if chat_template not in ("auto", "always", "never"):
+        raise ValueError(f"rollout.chat_template={chat_template!r}; use auto, always or never")
+    if isinstance(prompt, list):  # chat messages
+        if not has_template:
+            raise ValueError("a prompt is a list of chat messages but the tokenizer has no chat_template")
+        messages = list(prompt)
+    else:
+        if not isinstance(prompt, str):
+            raise ValueError(f"a prompt must be text or a list of chat messages, got {type(prompt).__name__}")
+        use = chat_template == "always" or (chat_template == "auto" and has_template)
+        if chat_template == "always" and not has_template:
+            raise ValueError("rollout.chat_template='always' but the tokenizer has no chat_template")
+        if not use:
+            return prompt if system_prompt is None else f"{system_prompt}\n\n{prompt}"
+        messages = [{"role": "user", "content": prompt}]
+    if system_prompt is not None and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def repeat_columns(columns: dict[str, list[Any]], times: int) -> dict[str, list[Any]]:
+    """Each value repeated `times` times in place (B -> B * times, groups adjacent)."""
+    return {k: [v for v in values for _ in range(times)] for k, values in columns.items()}

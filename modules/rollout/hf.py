@@ -1,0 +1,139 @@
+"""Rollouts with Hugging Face `generate` (CPU or GPU): the default engine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from modules.policy import Policy
+from modules.rollout.batch import RolloutBatch
+from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompt, repeat_columns
+
+
+class HFGenerateEngine(RolloutEngine):
+    """G samples per prompt with `model.generate`, left-padded prompts, stop strings, chat template.
+
+    The engine shares the policy's weights, so there is nothing to sync after an optimiser step.
+    """
+
+    def __init__(self, policy: Policy, sampling: SamplingSettings | None = None, *,
+                 generation_batch_size: int | None = None) -> None:
+        self.policy = policy
+        self.sampling = sampling or SamplingSettings()
+        self.generation_batch_size = generation_batch_size
+        self._last_stats: dict[str, float] = {}
+
+    def encode_prompts(self, prompts: list[Any], system_prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.policy.tokenizer
+        texts = [render_prompt(tok, p, system_prompt=s, chat_template=self.sampling.chat_template)
+                 for p, s in zip(prompts, system_prompts)]
+        templated = self.sampling.chat_template != "never" and getattr(tok, "chat_template", None) is not None
+        # A chat template already writes BOS and role tokens; raw text gets the tokenizer's special tokens.
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left",
+                  add_special_tokens=not templated)
+        return enc["input_ids"], enc["attention_mask"]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Any], columns: dict[str, list[Any]], *, num_generations: int,
+                 greedy: bool = False) -> RolloutBatch:
+        policy, tok, s = self.policy, self.policy.tokenizer, self.sampling
+        if not prompts:
+            raise ValueError("generate() got no prompts")
+        system = columns.get("system_prompt", [None] * len(prompts))
+        prompt_ids, prompt_mask = self.encode_prompts(prompts, system)
+        device = policy.device
+        g = int(num_generations)
+        prompt_ids = prompt_ids.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
+        prompt_mask = prompt_mask.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
+        eos_ids = _eos_ids(policy.model, tok)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                          eos_token_id=eos_ids, use_cache=True)
+        if greedy:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            gen_kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+        if s.repetition_penalty != 1.0:
+            gen_kwargs["repetition_penalty"] = s.repetition_penalty
+        if s.stop:
+            gen_kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+
+        model = policy.model
+        was_training = model.training
+        model.eval()
+        started = time.perf_counter()
+        chunk = self.generation_batch_size or prompt_ids.shape[0]
+        outs = []
+        try:
+            for i in range(0, prompt_ids.shape[0], chunk):
+                out = model.generate(input_ids=prompt_ids[i:i + chunk], attention_mask=prompt_mask[i:i + chunk],
+                                     **gen_kwargs)
+                outs.append(out[:, prompt_ids.shape[1]:])  # (n, T_i)
+        finally:
+            model.train(was_training)
+        width = max(o.shape[1] for o in outs)
+        completion_ids = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[1]), value=tok.pad_token_id)
+                                    for o in outs])  # (N, T)
+        lengths, truncated = completion_lengths(completion_ids, eos_ids,
+                                                stopped_by_string=self._stopped_by_string(completion_ids))
+        positions = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+        completion_mask = (positions[None, :] < lengths[:, None]).long()  # (N, T)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
+        texts = tok.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist())],
+                                 skip_special_tokens=True)
+        elapsed = time.perf_counter() - started
+        self._last_stats = {"generate_s": elapsed, "generated_tokens": float(lengths.sum())}
+        b = len(prompts)
+        return RolloutBatch(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            completion_mask=completion_mask, completion_attention_mask=completion_mask.clone(),
+            prompts=[p for p in prompts for _ in range(g)], completions=texts,
+            group_ids=torch.arange(b, device=device).repeat_interleave(g),
+            columns=repeat_columns(columns, g), truncated=truncated, pad_token_id=tok.pad_token_id)
+
+    def _stopped_by_string(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """(N,) the length up to and including the first stop string, or 0 where none occurs."""
+        stops = self.sampling.stop or []
+        out = torch.zeros(completion_ids.shape[0], dtype=torch.long, device=completion_ids.device)
+        if not stops:
+            return out
+        tok = self.policy.tokenizer
+        for row, ids in enumerate(completion_ids.tolist()):
+            text = tok.decode(ids, skip_special_tokens=False)
+            if not any(st in text for st in stops):
+                continue
+            # Shortest prefix whose text contains a stop string (tokens after it are generate's padding).
+            for k in range(1, len(ids) + 1):
+                if any(st in tok.decode(ids[:k], skip_special_tokens=False) for st in stops):
+                    out[row] = k
+                    break
+        return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the tokenizer and generation_config define no eos_token_id; set one")
+    return ids
+
+
+def completion_lengths(completion_ids: torch.Tensor, eos_ids: list[int], *, stopped_by_string: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lengths, truncated): tokens up to and including the first EOS (as TRL masks them), else up to the
+    stop string, else everything generated; truncated = no EOS and no stop string within the budget."""
+    t = completion_ids.shape[1]
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # (N, T)
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1) + 1, torch.full_like(has_eos, t, dtype=torch.long))
+    lengths = first_eos.long()
+    if stopped_by_string is not None:
+        by_stop = stopped_by_string > 0
+        lengths = torch.where(by_stop & (stopped_by_string < lengths), stopped_by_string, lengths)
+        ended = has_eos | by_stop
+    else:
+        ended = has_eos
+    truncated = ~ended
+    return lengths, truncated

@@ -1,0 +1,51 @@
+"""The recipe table: each recipe, its paper and its config (what `r1 list` prints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    name: str
+    class_path: str
+    paper: str
+    config: str
+    status: str = "implemented"
+
+    @property
+    def config_path(self) -> Path:
+        return CONFIG_DIR / self.config
+
+
+RECIPES: dict[str, RecipeInfo] = {
+    info.name: info
+    for info in [
+        RecipeInfo("quickstart", "recipes.grpo.GRPO",
+                   "GRPO + LoRA on the embedded SmolLM2-135M-Instruct (the demo)", "quickstart.yaml"),
+        RecipeInfo("grpo", "recipes.grpo.GRPO", "DeepSeekMath GRPO (arXiv 2402.03300)", "grpo.yaml"),
+        RecipeInfo("dr_grpo", "recipes.grpo.GRPO", "Dr.GRPO: Understanding R1-Zero-like training (arXiv 2503.20783)",
+                   "dr_grpo.yaml"),
+        RecipeInfo("dapo", "recipes.grpo.GRPO", "DAPO: an open-source LLM RL system at scale (arXiv 2503.14476)",
+                   "dapo.yaml"),
+        RecipeInfo("rloo", "recipes.grpo.GRPO", "RLOO: Back to basics, REINFORCE leave-one-out (arXiv 2402.14740)",
+                   "rloo.yaml"),
+    ]
+}
+
+
+def recipe_table():
+    """A rich Table of the recipes."""
+    from rich.table import Table
+
+    table = Table(title="r1-recipes")
+    table.add_column("recipe", style="bold")
+    table.add_column("paper")
+    table.add_column("config")
+    table.add_column("status")
+    for info in RECIPES.values():
+        table.add_row(info.name, info.paper, f"recipes/configs/{info.config}", info.status)
+    return table

@@ -14,7 +14,9 @@ Paper recipes override one hook (`build_rollout`, `score`, `compute_advantages`,
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import random
 import time
 from typing import Any, Callable
@@ -130,15 +132,20 @@ class RLRecipe(L.LightningModule):
             raise RecipeConfigError(f"model.num_generations={num_generations}: group advantages need at least 2 "
                                     "samples per prompt; set it to 2 or more")
         self.sampling = sampling or SamplingSettings()
-        self.reward_set = RewardSet.from_specs(rewards)
+        try:
+            self.reward_set = RewardSet.from_specs(rewards)
+        except (ValueError, TypeError) as err:
+            raise RecipeConfigError(f"model.rewards: {err}") from err
         if accuracy_reward is not None and accuracy_reward not in self.reward_set.names:
             accuracy_reward = None  # nothing to report as accuracy
         self.accuracy_reward = accuracy_reward
         self.policy = Policy.from_pretrained(model_name_or_path, lora=lora, quantization=quantization, dtype=dtype,
                                              gradient_checkpointing=gradient_checkpointing, reference=reference)
+        self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self.rollout_engine = self.build_rollout()
         self.last_rollout: RolloutBatch | None = None
         self._step_started = 0.0
+        self._generation_time, self._generated_tokens = 0.0, 0.0
 
     # ------------------------------------------------------------------ hooks a paper may override
     def build_rollout(self) -> RolloutEngine:
@@ -373,18 +380,33 @@ class RLRecipe(L.LightningModule):
         # what training changes, so a LoRA checkpoint of a 7B model is megabytes, not gigabytes.
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Plain types only, so the checkpoint loads with torch.load(weights_only=True) (Lightning's default).
+        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
         checkpoint["r1_rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                "numpy": np.random.get_state(),
                                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("r1_rng")
         if rng:  # resume sampling exactly where the interrupted run was
             torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            random.setstate(tuple(rng["python"]))
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses -> dicts, callables -> their qualified names, recursively (checkpoint-safe values)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+    return value
 
 
 def split_rows(rows: list[dict]) -> tuple[list[Any], dict[str, list[Any]]]:

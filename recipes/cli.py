@@ -36,30 +36,60 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     return (DataConfigError, ModelNotFoundError, PolicyConfigError, RecipeConfigError, RewardError)
 
 
-def one_line(message: str) -> str:
-    """Condense a (possibly nested, multi-line) jsonargparse message into its most specific line."""
-    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip(" -")]
-    # The innermost 'Parser key' / 'Key' line names the field; prefer it.
-    specific = [ln for ln in lines if re.search(r"(Parser key|Key|key) ['\"]", ln) or "does not accept" in ln
-                or "Unrecognized arguments" in ln or "unrecognized" in ln.lower()]
-    picked = specific[-1] if specific else (lines[0] if lines else "invalid configuration")
-    return re.sub(r"\s+", " ", picked)
+def _chain(err: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while err is not None and id(err) not in seen:
+        out.append(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def _collapse(text: str) -> str:
+    lines = [ln.strip(" -") for ln in str(text).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Given value", "Subtypes:", "Errors:"))]
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def describe(err: BaseException) -> str:
+    """One line for a config error: our own errors verbatim, else jsonargparse's innermost, most specific
+    message (jsonargparse nests one message per level: model -> class_path -> key)."""
+    chain = _chain(err)
+    ours = [e for e in chain if isinstance(e, _config_errors())]
+    if ours:
+        return _collapse(str(ours[0]).splitlines()[0] if str(ours[0]).strip() else repr(ours[0]))
+    keys: list[str] = []
+    for e in chain:  # the dotted field path, outermost first: model -> learning_rate
+        m = re.match(r'\s*Parser key "([^"]+)"', str(e))
+        if m and m.group(1) not in keys:
+            keys.append(m.group(1))
+    specific = [e for e in chain if re.search(r"not accepted|Unrecognized|unrecognized|Expected|does not exist|"
+                                              r"No action|Import", str(e))]
+    inner = specific[-1] if specific else chain[-1]
+    lines = [ln for ln in str(inner).splitlines() if not re.match(r'\s*Parser key "[^"]+":\s*$', ln)]
+    msg = _collapse("\n".join(lines[:2]))
+    field = ".".join(keys)
+    if field and not msg.startswith(field):
+        msg = f"{field}: {msg}"
+    return msg or _collapse(str(err))
 
 
 def _hint(message: str) -> str:
-    if "Unrecognized" in message or "does not accept" in message or "unexpected" in message.lower():
-        return " (fix: remove or rename the key; `r1 fit --help` and `r1 fit --model.help CLASS` list valid keys)"
-    if "Expected a" in message or "Expected" in message:
+    if "not accepted" in message or "Unrecognized" in message:
+        return " (fix: remove or rename the key; `r1 fit --help` and `r1 fit --model.help recipes.grpo.GRPO` list valid keys)"
+    if "Expected a" in message:
         return " (fix: give a value of the type shown)"
     return ""
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "list":
         from rich.console import Console
 
-        Console().print(recipe_table())
+        # Piped output (scripts, tests) gets a wide console so rows are not wrapped mid-word.
+        Console(width=None if sys.stdout.isatty() else 200).print(recipe_table())
         return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -75,15 +105,14 @@ def main(argv: list[str] | None = None) -> int:
 
     errors = _config_errors()
     try:
-        R1CLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=argv,
+        R1CLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=None if from_shell else argv,
               parser_kwargs={"exit_on_error": False},
               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
-    except ArgumentError as err:
-        msg = one_line(str(err))
+    except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises
+        if not isinstance(err, (ArgumentError, *errors)) and not any(isinstance(e, errors) for e in _chain(err)):
+            raise
+        msg = describe(err)
         print(f"r1: error: {msg}{_hint(msg)}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    except errors as err:
-        print(f"r1: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
 

@@ -1,0 +1,10 @@
+"""Lightning callbacks for RL recipes: sample tables, metric plots, held-out evaluation, adapter saving."""
+
+from __future__ import annotations
+
+from callbacks.adapter_checkpoint import AdapterCheckpoint
+from callbacks.evaluation import HeldOutEval
+from callbacks.metrics_plot import MetricsPlot
+from callbacks.samples import SampleTable
+
+__all__ = ["AdapterCheckpoint", "HeldOutEval", "MetricsPlot", "SampleTable"]

@@ -1,0 +1,148 @@
+"""`HeldOutEval`: evaluate the policy on the datamodule's held-out rows before, during and after training."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from rich.console import Console
+from rich.table import Table
+
+
+class HeldOutEval(L.Callback):
+    """Call `pl_module.evaluate(rows, k=..., batch_size=...)` on `trainer.datamodule.held_out_rows()`.
+
+    When: at train start (if `at_start` and `global_step == 0`, so a resumed run does not redo it), every
+    `every_n_steps` optimizer steps, and at train end (if `at_end`, unless the last periodic evaluation was
+    already at that step). `evaluate` runs on every rank (it may sync across processes); printing is rank 0 only.
+
+    Where results go, the same way from all three hooks:
+    - to every logger with `logger.log_metrics(metrics, step=trainer.global_step)`. Not `self.log`: Lightning
+      forbids step-level logging in `on_train_start`/`on_train_end`, and in between it would pass step
+      metrics to the loggers only every `log_every_n_steps` steps, dropping evaluations that fall between;
+    - into `trainer.callback_metrics` (as tensors), so `ModelCheckpoint` / `EarlyStopping` can monitor them
+      and a notebook can read the final values after `fit`;
+    - to `self.history` as `(global_step, metrics)`; `MetricsPlot` reads this history to draw the eval
+      points, so the two callbacks work in any order and the curve survives a resume (both store their
+      history in the checkpoint).
+
+    At train end, rank 0 prints a "before -> after" table (`summary()` holds the same numbers).
+    """
+
+    def __init__(self, every_n_steps: int = 0, k: int = 1, batch_size: int = 16, at_start: bool = True,
+                 at_end: bool = True, max_rows: int | None = None, console: Console | None = None) -> None:
+        """
+        Args:
+            every_n_steps: also evaluate when `global_step` is a positive multiple of this; 0 = never.
+            k: samples per prompt for pass@k (1 = greedy only).
+            batch_size: prompts per generation batch during evaluation.
+            at_start: evaluate before the first step (the "before" of the summary).
+            at_end: evaluate after the last step (the "after" of the summary).
+            max_rows: evaluate on the first `max_rows` held-out rows only (None = all).
+            console: where the summary table goes (default: a rich Console on stderr).
+        """
+        for name, value, low in (("every_n_steps", every_n_steps, 0), ("k", k, 1), ("batch_size", batch_size, 1)):
+            if int(value) < low:
+                raise ValueError(f"HeldOutEval({name}={value}): must be >= {low}")
+        if max_rows is not None and int(max_rows) < 1:
+            raise ValueError(f"HeldOutEval(max_rows={max_rows}): must be >= 1, or None for all held-out rows")
+        self.every_n_steps = int(every_n_steps)
+        self.k = int(k)
+        self.batch_size = int(batch_size)
+        self.at_start = at_start
+        self.at_end = at_end
+        self.max_rows = None if max_rows is None else int(max_rows)
+        self.console = console or Console(stderr=True)
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._warned = False
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "evaluate", None)):
+            raise TypeError(f"HeldOutEval needs pl_module.evaluate(rows, *, k, batch_size) -> dict[str, float]; "
+                            f"{type(pl_module).__name__} has none. Use an RLRecipe or remove the callback.")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_start and trainer.global_step == 0:
+            self._run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and not self._done_at(step):
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and not self._done_at(trainer.global_step):
+            self._run(trainer, pl_module)
+        if trainer.is_global_zero and len(self.history) >= 2:
+            self.console.print(self.render_summary())
+
+    # ------------------------------------------------------------------ results
+    def summary(self) -> dict[str, Any]:
+        """First and last evaluation: `{"start_step", "end_step", "metrics": {name: {"start", "end", "change"}}}`.
+
+        A metric missing from one of the two evaluations has NaN there. Empty dict before any evaluation.
+        """
+        if not self.history:
+            return {}
+        (start_step, start), (end_step, end) = self.history[0], self.history[-1]
+        nan = float("nan")
+        metrics = {}
+        for name in dict.fromkeys([*start, *end]):
+            a, b = float(start.get(name, nan)), float(end.get(name, nan))
+            metrics[name] = {"start": a, "end": b, "change": b - a}
+        return {"start_step": start_step, "end_step": end_step, "metrics": metrics}
+
+    def render_summary(self) -> Table:
+        """The "before -> after" table of `summary()`."""
+        s = self.summary()
+        table = Table(title=f"held-out evaluation: step {s.get('start_step')} -> step {s.get('end_step')}")
+        for name, justify in (("metric", "left"), ("start", "right"), ("end", "right"), ("change", "right")):
+            table.add_column(name, justify=justify)
+        for name, v in s.get("metrics", {}).items():
+            change = v["change"]
+            style = "" if math.isnan(change) or change == 0 else ("green" if change > 0 else "red")
+            table.add_row(name, f"{v['start']:.4f}", f"{v['end']:.4f}", f"[{style}]{change:+.4f}[/]" if style
+                          else f"{change:+.4f}")
+        return table
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(k=self.k, max_rows=self.max_rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(step, dict(m)) for step, m in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(step), dict(m)) for step, m in state_dict.get("history", [])]
+
+    # ------------------------------------------------------------------ helpers
+    def _done_at(self, step: int) -> bool:
+        return bool(self.history) and self.history[-1][0] == step
+
+    def _rows(self, trainer: L.Trainer) -> list[dict]:
+        datamodule = getattr(trainer, "datamodule", None)
+        getter = getattr(datamodule, "held_out_rows", None)
+        rows = list(getter()) if callable(getter) else []
+        if not rows and not self._warned:
+            self._warned = True
+            rank_zero_warn(f"HeldOutEval: no held-out rows (datamodule {type(datamodule).__name__}"
+                           f"{'' if callable(getter) else ' has no held_out_rows()'}); skipping evaluation. "
+                           "Give the datamodule a held-out split or remove the callback.")
+        return rows if self.max_rows is None else rows[: self.max_rows]
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = self._rows(trainer)
+        if not rows:
+            return
+        metrics = {name: float(value) for name, value in
+                   pl_module.evaluate(rows, k=self.k, batch_size=self.batch_size).items()}
+        step = trainer.global_step
+        self.history.append((step, metrics))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})

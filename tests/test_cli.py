@@ -1,0 +1,101 @@
+"""The `r1` command: list, shipped configs, a 2-step grpo run, and one-line config errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from recipes.cli import main
+from recipes.registry import CONFIG_DIR, RECIPES
+
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
+        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
+        "--trainer.enable_progress_bar", "false"]
+
+
+def test_list_prints_every_recipe_with_paper_and_config(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for info in RECIPES.values():
+        assert info.name in out and info.config in out
+        assert info.config_path.exists(), f"{info.name}: {info.config_path} is missing"
+    assert "2402.03300" in out  # the GRPO paper
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("recipes.")
+    assert printed["model"]["init_args"]["rewards"], "a recipe without rewards"
+
+
+def test_grpo_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
+    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST,
+                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                 "--trainer.logger.save_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false"])
+    assert code == 0
+    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
+    train = metrics.dropna(subset=["train/reward"])
+    assert train["step"].tolist() == [0, 1]
+    values = train.filter(like="train/").to_numpy().ravel()
+    assert all(math.isfinite(v) for v in values)
+    assert "eval/reward" in metrics  # HeldOutEval ran
+    assert list(Path(tmp_path).rglob("reward_curve.png")), "MetricsPlot wrote no PNG"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("r1: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["--model.no_such_key", "3"], "no_such_key"),
+    (["--model.learning_rate", "abc"], "model.learning_rate"),
+    (["--trainer.max_steps", "x"], "trainer.max_steps"),
+    (["--model.loss_type", "grpo2"], "model.loss_type='grpo2'; use one of grpo, bnpo, dr_grpo, dapo"),
+])
+def test_bad_values_exit_2_with_one_line_naming_the_field(override, expected, tiny_model_path, capsys):
+    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST,
+                 "--model.model_name_or_path", str(tiny_model_path), *override])
+    assert code == 2
+    assert expected in _error_line(capsys)
+
+
+def test_missing_model_path_is_one_line(capsys):
+    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST, "--model.model_name_or_path", "./no/such/model"])
+    assert code == 2
+    line = _error_line(capsys)
+    assert "./no/such/model" in line and "alias" in line
+
+
+def test_dataset_without_prompt_column_is_one_line(tiny_model_path, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n' * 8)
+    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST, "--model.model_name_or_path",
+                 str(tiny_model_path), "--data.task", "null", "--data.source", str(data), "--data.template", "null",
+                 "--data.val_size", "0", "--trainer.default_root_dir", str(tmp_path)])
+    assert code == 2
+    line = _error_line(capsys)
+    assert "'prompt'" in line and "question" in line and "--data.prompt_column" in line
+
+
+def test_unknown_reward_name_lists_the_registered_ones(tiny_model_path, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": [{"name": "acuracy"}]}}}))
+    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), "--config", str(bad), *FAST,
+                 "--model.model_name_or_path", str(tiny_model_path)])
+    assert code == 2
+    line = _error_line(capsys)
+    assert "acuracy" in line and "accuracy" in line and "model.rewards" in line

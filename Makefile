@@ -6,7 +6,9 @@ PIP := $(PY) -m pip
 # a bare `torch` requirement would pull a multi-GB CUDA build. Override for GPU machines:
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# OMP_WAIT_POLICY=PASSIVE: with spinning OpenMP threads a 2-core box collapses (20x) whenever anything else
+# runs beside the job (measured in benchmarks/grpo_step.py); passive waiting costs nothing alone.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: install demo test bench clean
 

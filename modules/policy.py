@@ -219,10 +219,11 @@ class Policy(nn.Module):
             logits = out.logits[:, :-1, :].float()  # (n, T, V): position j predicts completion token j
             if temperature != 1.0:
                 logits = logits / temperature
-            logps.append(selective_log_softmax(logits, completion_ids[i:i + micro]))
+            lse = torch.logsumexp(logits, dim=-1)  # (n, T), shared by the log-probs and the entropy
+            logps.append(selective_log_softmax(logits, completion_ids[i:i + micro], lse))
             if with_entropy:  # a metric only: no graph through it
                 with torch.no_grad():
-                    entropies.append(entropy_from_logits(logits.detach()))
+                    entropies.append(entropy_from_logits(logits.detach(), lse.detach()))
         return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
     @torch.no_grad()
@@ -258,16 +259,19 @@ def _apply_lora(model: nn.Module, lora: LoraSettings | dict) -> nn.Module:
                                 "Use 'all-linear' or names from model.named_modules()") from err
 
 
-def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+def selective_log_softmax(logits: Tensor, index: Tensor, lse: Tensor | None = None) -> Tensor:
     """log_softmax(logits)[..., index] without materialising the full log-softmax: (N, T, V), (N, T) -> (N, T)."""
     picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # (N, T)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return picked - (torch.logsumexp(logits, dim=-1) if lse is None else lse)
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) along the vocabulary: (N, T, V) -> (N, T)."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def entropy_from_logits(logits: Tensor, lse: Tensor | None = None) -> Tensor:
+    """Entropy of softmax(logits) along the vocabulary: (N, T, V) -> (N, T).
+
+    H = logsumexp(z) - sum(softmax(z) * z); pass `lse` when it is already computed (one V-sized temporary).
+    """
+    lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
+    return lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def lora_settings_dict(lora: LoraSettings | dict | None) -> dict | None:

@@ -331,8 +331,13 @@ class RLRecipe(L.LightningModule):
         """Held-out metrics: greedy reward/accuracy/length, and pass@k from k samples when k > 1."""
         from torchmetrics.aggregation import MeanMetric
 
+        from tqdm.auto import tqdm
+
         meters = {name: MeanMetric().to(self.device) for name in ("reward", "accuracy", "completion_length", "pass")}
-        for i in range(0, len(rows), batch_size):
+        show = self._trainer is None or self.trainer.is_global_zero
+        chunks = range(0, len(rows), batch_size)
+        for i in tqdm(chunks, desc=f"held-out eval ({len(rows)} prompts)", leave=False,
+                      disable=not show or len(chunks) < 2):
             chunk = rows[i:i + batch_size]
             greedy = self.generate_and_score(chunk, greedy=True, num_generations=1)
             meters["reward"].update(greedy.rewards)

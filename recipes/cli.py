@@ -14,9 +14,13 @@ import re
 import sys
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
+# Before torch is imported: spinning OpenMP threads make a small CPU box collapse when anything else runs
+# beside the job (see benchmarks/grpo_step.py); passive waiting costs nothing when the job runs alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from recipes.registry import CONFIG_DIR, RECIPES, recipe_table
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from recipes.registry import CONFIG_DIR, RECIPES, recipe_table  # noqa: E402
 
 EXIT_CONFIG_ERROR = 2
 

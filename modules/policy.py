@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -158,9 +158,6 @@ class Policy(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
-
     # ------------------------------------------------------------------ reference model
     @contextlib.contextmanager
     def reference_model(self) -> Iterator[nn.Module]:
@@ -189,12 +186,6 @@ class Policy(nn.Module):
                              attn_implementation=self._load_kwargs.get("attn_implementation"))
         ref.eval().requires_grad_(False)
         return ref.to(self.device)
-
-    def set_reference(self, model: nn.Module) -> None:
-        """Use `model` (frozen) as the reference, e.g. a moving proxy model (NOVER)."""
-        model.eval().requires_grad_(False)
-        self._reference[:] = [model]
-        self.reference_mode = "copy"
 
     # ------------------------------------------------------------------ log-probs
     def token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
@@ -272,12 +263,6 @@ def entropy_from_logits(logits: Tensor, lse: Tensor | None = None) -> Tensor:
     """
     lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
     return lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
-def lora_settings_dict(lora: LoraSettings | dict | None) -> dict | None:
-    if lora is None:
-        return None
-    return asdict(lora) if isinstance(lora, LoraSettings) else dict(lora)
 
 
 __all__ = ["Policy", "LoraSettings", "PolicyConfigError", "selective_log_softmax", "entropy_from_logits",

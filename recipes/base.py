@@ -186,9 +186,6 @@ class RLRecipe(L.LightningModule):
         """Called after the optimiser steps of a generation batch (moving references, monitors...)."""
 
     # ------------------------------------------------------------------ the loop
-    def on_train_start(self) -> None:
-        self.policy.model.train()  # from_pretrained returns eval mode
-
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         self._step_started = time.perf_counter()
         rollout, sampling_metrics = self.collect_rollout(batch)
@@ -220,12 +217,12 @@ class RLRecipe(L.LightningModule):
         if not self.hparams.dynamic_sampling:
             return rollout, metrics
         kept = [_keep_informative(rollout, g)]
-        have, rounds = _num_groups(kept[0], g), 0
+        have, rounds = len(kept[0]) // g, 0
         while have < wanted and rounds < self.hparams.max_refill_rounds:
             extra = self._refill_rows(wanted - have)
             more = _keep_informative(self.generate_and_score(extra), g)
             kept.append(more)
-            have += _num_groups(more, g)
+            have += len(more) // g
             rounds += 1
         kept = [b for b in kept if len(b)]
         metrics.update({"dynamic_sampling/refill_rounds": float(rounds), "dynamic_sampling/groups": float(min(have, wanted))})
@@ -430,10 +427,6 @@ def _keep_informative(rollout: RolloutBatch, g: int) -> RolloutBatch:
     flat = zero_variance_groups(rollout.rewards, g)  # (B,)
     rows = (~flat).repeat_interleave(g)  # (N,)
     return rollout.select(rows)
-
-
-def _num_groups(rollout: RolloutBatch, g: int) -> int:
-    return len(rollout) // g
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

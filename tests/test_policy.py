@@ -18,14 +18,17 @@ def _batch(policy: Policy, prompts: list[str], completions: list[str]):
     return p["input_ids"], p["attention_mask"], c["input_ids"], c["attention_mask"]
 
 
-def _direct_logps(model, prompt: str, completion: str, tok, temperature: float = 1.0) -> torch.Tensor:
+def _direct_logps(model, prompt: str, completion: str, tok, temperature: float = 1.0):
+    """(log-probs, entropies) of each completion token from one unpadded forward pass."""
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     c = tok(completion, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([p + c])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0] / temperature  # (L, V)
     logp = torch.log_softmax(logits, dim=-1)
-    return torch.stack([logp[len(p) - 1 + j, tok_id] for j, tok_id in enumerate(c)])
+    rows = [len(p) - 1 + j for j in range(len(c))]
+    entropy = -(logp.exp() * logp).sum(-1)  # (L,)
+    return torch.stack([logp[r, t] for r, t in zip(rows, c)]), entropy[rows]
 
 
 def test_token_logps_match_direct_computation_with_padding(tiny_model_path):
@@ -38,9 +41,11 @@ def test_token_logps_match_direct_computation_with_padding(tiny_model_path):
     with torch.no_grad():
         logps, entropy = policy.token_logps(pi, pm, ci, cm, temperature=0.7, micro_batch_size=1, with_entropy=True)
     for row in range(2):
-        expected = _direct_logps(policy.model, prompts[row], completions[row], policy.tokenizer, temperature=0.7)
+        expected, expected_entropy = _direct_logps(policy.model, prompts[row], completions[row], policy.tokenizer,
+                                                   temperature=0.7)
         n = int(cm[row].sum())
         torch.testing.assert_close(logps[row, :n], expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(entropy[row, :n], expected_entropy, atol=1e-4, rtol=1e-4)
     assert entropy.shape == logps.shape
     assert bool((entropy[cm.bool()] > 0).all())
     assert bool((entropy <= torch.log(torch.tensor(float(policy.model.config.vocab_size))) + 1e-4).all())

@@ -26,16 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from modules.objectives import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_NORMALISERS, policy_loss, zero_variance_groups
 from modules.objectives import compute_advantages as _advantages
-from modules.objectives import policy_loss, zero_variance_groups
+from modules.objectives.advantages import SCALES
 from modules.policy import LoraSettings, Policy
 from modules.rewards import RewardSet, RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
-
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-
 
 class RecipeConfigError(ValueError):
     """A bad recipe setting; the message names the field and the fix."""
@@ -121,8 +119,11 @@ class RLRecipe(L.LightningModule):
         self.save_hyperparameters(ignore=["rewards"] if _has_callables(rewards) else None)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold trainable weights only (see on_save_checkpoint)
-        _check_choice("loss_type", loss_type, LOSS_TYPES)
-        _check_choice("scale_rewards", scale_rewards, ("group", "batch", "none"))
+        # Checked here, against the objectives' own registries, so a bad name fails before any model loads.
+        _check_choice("loss_type", loss_type, tuple(LOSS_NORMALISERS))
+        _check_choice("scale_rewards", scale_rewards, SCALES)
+        _check_choice("advantage_estimator", advantage_estimator, tuple(ADVANTAGE_ESTIMATORS))
+        _check_choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
         _check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
         for name, value in (("num_generations", num_generations), ("num_iterations", num_iterations),
                             ("steps_per_generation", steps_per_generation), ("micro_batch_size", micro_batch_size)):

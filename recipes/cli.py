@@ -25,11 +25,6 @@ from recipes.registry import CONFIG_DIR, RECIPES, recipe_table  # noqa: E402
 EXIT_CONFIG_ERROR = 2
 
 
-class R1CLI(LightningCLI):
-    """LightningCLI with the project's defaults: no automatic optimiser wiring (the recipes optimise
-    manually), configs saved next to the logs."""
-
-
 def _config_errors() -> tuple[type[BaseException], ...]:
     from datamodules.errors import DataConfigError
     from modules.models.registry import ModelNotFoundError
@@ -109,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     errors = _config_errors()
     try:
-        R1CLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=None if from_shell else argv,
+        # No automatic optimiser wiring (the recipes optimise manually); the config is saved next to the logs.
+        LightningCLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=None if from_shell else argv,
               parser_kwargs={"exit_on_error": False},
               save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
     except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises

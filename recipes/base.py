@@ -9,7 +9,8 @@ One `training_step` = one generation batch:
   5. `num_iterations` passes over `steps_per_generation` mini-batches; each mini-batch is one optimiser
      step, accumulated over micro-batches (`loss`).
   6. Everything is logged under `train/`.
-Paper recipes override one hook (`build_rollout`, `score`, `compute_advantages`, `loss`, `on_step_end`).
+Paper recipes override one hook (`build_rollout`, `score`, `reward_kwargs`, `compute_advantages`, `loss`,
+`on_step_end`).
 """
 
 from __future__ import annotations
@@ -155,13 +156,21 @@ class RLRecipe(L.LightningModule):
 
     def score(self, rollout: RolloutBatch) -> RolloutBatch:
         """Fill rollout.rewards (N,) and rollout.rewards_per_func (N, F) from the reward functions."""
-        per_func, total = self.reward_set(
-            rollout.prompts, rollout.completions, rollout.columns,
-            completion_lengths=rollout.completion_lengths.tolist(), truncated=rollout.truncated.tolist())
+        per_func, total = self.reward_set(rollout.prompts, rollout.completions, rollout.columns,
+                                          **self.reward_kwargs(rollout))
         rollout.rewards_per_func = per_func.to(self.device)
         rollout.rewards = total.to(self.device)
         rollout.reward_names = list(self.reward_set.names)
         return rollout
+
+    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
+        """Keywords every reward function receives beside the dataset columns (TRL passes similar ones).
+
+        `group_ids` lets a group-aware reward (ranks within a group, group accuracy) see its siblings.
+        A recipe adds its own (a tokenizer, a monitor's targets) by extending this dict.
+        """
+        return {"completion_lengths": rollout.completion_lengths.tolist(), "truncated": rollout.truncated.tolist(),
+                "group_ids": rollout.group_ids.tolist()}
 
     def compute_advantages(self, rollout: RolloutBatch) -> Tensor:
         """(N,) or (N, T) advantages from rollout.rewards and the group size."""

@@ -301,7 +301,8 @@ class PromptDataModule(LightningDataModule):
         source: A `.jsonl`/`.json` file, a directory saved with `datasets` `save_to_disk`, or a hub dataset
             name (hub only when not offline). Give exactly one of source, rows, task.
         rows: The rows as a Python list of dicts.
-        task: A synthetic task name (`arithmetic`, `countdown`); its prompt defaults to the `question` column.
+        task: A synthetic task: a registered name (datamodules.tasks.TASKS: arithmetic, countdown, ...) or the
+            dotted path of a builder `fn(n, *, seed, ...) -> rows`; its prompt defaults to the `question` column.
         task_kwargs: Options of the synthetic task, e.g. {digits: 2, ops: [+, -]}; its seed defaults to `seed`.
         num_rows: Rows to generate for a synthetic task.
         split: Split to read from a `DatasetDict` directory, a hub dataset or a `{split: rows}` .json file.

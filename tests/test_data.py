@@ -118,10 +118,14 @@ def test_tasks_are_seeded():
 
 def test_task_registry():
     assert make_task("countdown", 5, seed=4) == make_countdown(5, seed=4)
-    with pytest.raises(DataConfigError, match=r"unknown task 'sudoku'.*\['arithmetic', 'countdown'\]"):
+    with pytest.raises(DataConfigError, match=r"unknown task 'sudoku'.*'arithmetic', 'countdown'"):
         make_task("sudoku", 5)
     with pytest.raises(DataConfigError, match=r"no option\(s\) \['digits'\]"):
         make_task("countdown", 5, digits=2)
+    # a user's own builder by dotted path
+    assert make_task("datamodules.tasks.arithmetic.make_arithmetic", 3, seed=1) == make_arithmetic(3, seed=1)
+    with pytest.raises(DataConfigError, match="cannot load 'datamodules.tasks.nope.make'"):
+        make_task("datamodules.tasks.nope.make", 3)
 
 
 # ------------------------------------------------------------------------------------ loading

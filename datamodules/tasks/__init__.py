@@ -1,7 +1,13 @@
-"""Synthetic tasks with exact answers, by name: `make_task("arithmetic", 256, digits=2, seed=0)`."""
+"""Synthetic tasks with exact answers, by name: `make_task("arithmetic", 256, digits=2, seed=0)`.
+
+A task is a builder `fn(n, *, seed, ...) -> list[dict]`. Registered names map to a builder or to its dotted import
+path (imported on first use, so a task's dependencies load only when it is used); a config may also name any
+builder by dotted path (``task: my_pkg.tasks.make_my_task``).
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 
@@ -9,14 +15,36 @@ from datamodules.errors import DataConfigError
 from datamodules.tasks.arithmetic import make_arithmetic
 from datamodules.tasks.countdown import make_countdown
 
-TASKS: dict[str, Callable[..., list[dict]]] = {"arithmetic": make_arithmetic, "countdown": make_countdown}
+TASKS: dict[str, Callable[..., list[dict]] | str] = {
+    "arithmetic": make_arithmetic,
+    "countdown": make_countdown,
+    "freeform_qa": "datamodules.tasks.freeform.make_freeform_qa",  # NOVER: free-form answers, no verifier
+    "multi_domain": "datamodules.tasks.multi_domain.make_multi_domain",  # DISCO: imbalanced domain mix
+    "general_qa": "datamodules.tasks.general_qa.make_general_qa",  # TinyV / General-Reasoner: varied answer forms
+}
+
+
+def get_task(name: str) -> Callable[..., list[dict]]:
+    """The builder registered as `name`, or the function at dotted path `name`."""
+    target = TASKS.get(name, name)
+    if callable(target):
+        return target
+    if "." not in target:
+        raise DataConfigError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}, or give a dotted path "
+                              "to your own builder (my_pkg.tasks.make_rows)")
+    module_name, _, attr = target.rpartition(".")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise DataConfigError(f"task {name!r}: cannot load {target!r} ({err})") from None
+    if not callable(builder):
+        raise DataConfigError(f"task {name!r}: {target!r} is not a function")
+    return builder
 
 
 def make_task(name: str, n: int, **kwargs) -> list[dict]:
-    """`n` rows of the registered task `name`; `kwargs` go to its builder (e.g. `seed`, `digits`)."""
-    if name not in TASKS:
-        raise DataConfigError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
-    builder = TASKS[name]
+    """`n` rows of the task `name`; `kwargs` go to its builder (e.g. `seed`, `digits`)."""
+    builder = get_task(name)
     options = [p for p in inspect.signature(builder).parameters if p != "n"]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
@@ -24,4 +52,4 @@ def make_task(name: str, n: int, **kwargs) -> list[dict]:
     return builder(n, **kwargs)
 
 
-__all__ = ["TASKS", "make_arithmetic", "make_countdown", "make_task"]
+__all__ = ["TASKS", "get_task", "make_arithmetic", "make_countdown", "make_task"]

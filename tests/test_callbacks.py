@@ -255,3 +255,15 @@ def test_adapter_checkpoint_full_fine_tune_saves_only_the_final_model(tmp_path):
     off = AdapterCheckpoint(dirpath=tmp_path / "off", every_n_steps=1, save_final=False)
     fit(tmp_path, [off], max_steps=2, module=ToyRecipe(is_peft=False))
     assert not (tmp_path / "off").exists() and off.saved == []
+
+
+def test_step_progress_bar_counts_steps_across_epochs_and_shows_short_metrics(tmp_path):
+    from callbacks import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = L.Trainer(max_steps=20, callbacks=[bar], logger=CSVLogger(tmp_path), accelerator="cpu", devices=1,
+                        enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(ToyRecipe(), datamodule=ToyData())  # 16 batches per epoch: the run crosses an epoch boundary
+    tqdm_bar = bar.train_progress_bar
+    assert (tqdm_bar.n, tqdm_bar.total) == (20, 20)  # not reset to 0/16 at the second epoch
+    assert "reward=5" in tqdm_bar.postfix and "len=30" in tqdm_bar.postfix and "v_num" not in tqdm_bar.postfix

@@ -21,6 +21,7 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "freeform_qa": "datamodules.tasks.freeform.make_freeform_qa",  # NOVER: free-form answers, no verifier
     "multi_domain": "datamodules.tasks.multi_domain.make_multi_domain",  # DISCO: imbalanced domain mix
     "general_qa": "datamodules.tasks.general_qa.make_general_qa",  # TinyV / General-Reasoner: varied answer forms
+    "word_problems": "datamodules.tasks.word_problems.make_word_problems",  # TAPO: multi-step word problems
 }
 
 

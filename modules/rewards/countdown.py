@@ -65,6 +65,15 @@ def _evaluate(node: ast.expr) -> Fraction:
     return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
 
 
+def evaluate_expression(expr: str) -> Fraction:
+    """Exact value of an integer expression with + - * / and parentheses (ValueError otherwise).
+
+    >>> evaluate_expression("(3 + 5) / 2")
+    Fraction(4, 1)
+    """
+    return _evaluate(parse_equation(expr))
+
+
 def countdown_score(text: str, numbers: list[int], target: int, *, use_all: bool = True) -> float:
     """1.0 if the equation in `text` uses only the given numbers, each at most as often as given (exactly
     all of them when `use_all`), and equals `target` within 1e-6; else 0.0.

@@ -190,11 +190,13 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------ log-probs
     def token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     completion_attention_mask: Tensor, *, temperature: float = 1.0, micro_batch_size: int | None = None,
-                    with_entropy: bool = False, model: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+                    with_entropy: bool = False, entropy_grad: bool = False, model: nn.Module | None = None
+                    ) -> tuple[Tensor, Tensor | None]:
         """Log-probs (N, T) of each completion token under `model` (default: the policy), with temperature.
 
         Only the T completion positions go through the LM head (`logits_to_keep`), one micro-batch at a time.
-        Returns (logps, entropy) where entropy (N, T) is the full-distribution entropy at each position.
+        Returns (logps, entropy) where entropy (N, T) is the full-distribution entropy at each position (a
+        metric without a graph, unless `entropy_grad` is set for an entropy bonus in the loss).
         """
         model = self.model if model is None else model
         n, t = completion_ids.shape
@@ -212,7 +214,9 @@ class Policy(nn.Module):
                 logits = logits / temperature
             lse = torch.logsumexp(logits, dim=-1)  # (n, T), shared by the log-probs and the entropy
             logps.append(selective_log_softmax(logits, completion_ids[i:i + micro], lse))
-            if with_entropy:  # a metric only: no graph through it
+            if with_entropy and entropy_grad:
+                entropies.append(entropy_from_logits(logits, lse))
+            elif with_entropy:  # a metric only: no graph through it
                 with torch.no_grad():
                     entropies.append(entropy_from_logits(logits.detach(), lse.detach()))
         return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)

@@ -146,6 +146,7 @@ class RLRecipe(L.LightningModule):
         self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self.rollout_engine = self.build_rollout()
         self.last_rollout: RolloutBatch | None = None
+        self.step_metrics: dict[str, float] = {}  # any hook may add metrics here; logged under train/ each step
         self._step_started = 0.0
         self._generation_time, self._generated_tokens = 0.0, 0.0
 
@@ -198,15 +199,16 @@ class RLRecipe(L.LightningModule):
     # ------------------------------------------------------------------ the loop
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        self.step_metrics = {}
         rollout, sampling_metrics = self.collect_rollout(batch)
+        self.prepare_logps(rollout)  # before the advantages: PPO folds the KL into its token rewards
         rollout.advantages = self.compute_advantages(rollout)
         if self.hparams.mask_truncated_completions:
             rollout.completion_mask = rollout.completion_mask * (~rollout.truncated).long()[:, None]
-        self.prepare_logps(rollout)
         train_metrics = self.optimise(rollout)
         self.last_rollout = rollout
         self.on_step_end(rollout)
-        self.log_step(rollout, {**sampling_metrics, **train_metrics})
+        self.log_step(rollout, {**sampling_metrics, **train_metrics, **self.step_metrics})
 
     def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
                            ) -> RolloutBatch:
@@ -269,7 +271,8 @@ class RLRecipe(L.LightningModule):
         skip = no_signal and hp.skip_zero_signal_steps and self.trainer.world_size == 1
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        losses, grad_norms = [], []
+        losses: list[float] = []
+        grad_norms: dict[str, list[float]] = {}
         trained_tokens = 0
         mini_size = math.ceil(len(rollout) / hp.steps_per_generation)
         for _ in range(hp.num_iterations):
@@ -290,8 +293,9 @@ class RLRecipe(L.LightningModule):
                             counts[key] = counts.get(key, 0) + 1
                     losses.append(total)
                     if hp.max_grad_norm is not None:
-                        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()), hp.max_grad_norm)
-                        grad_norms.append(float(norm))
+                        for group in opt.param_groups:
+                            norm = float(torch.nn.utils.clip_grad_norm_(group["params"], hp.max_grad_norm))
+                            grad_norms.setdefault(group.get("name", "policy"), []).append(norm)
                     trained_tokens += mini_tokens
                 opt.step()  # a no-op update on zero grads still advances the step counter (keeps schedules aligned)
                 opt.zero_grad(set_to_none=True)
@@ -300,8 +304,8 @@ class RLRecipe(L.LightningModule):
         elapsed = time.perf_counter() - started
         out = {k: sums[k] / counts[k] for k in sums}
         out["loss"] = float(np.mean(losses)) if losses else 0.0
-        if grad_norms:
-            out["grad_norm"] = float(np.mean(grad_norms))
+        for name, norms in grad_norms.items():
+            out["grad_norm" if name == "policy" else f"grad_norm/{name}"] = float(np.mean(norms))
         out["skipped_backward"] = float(skip)
         out["tokens_per_s/train"] = trained_tokens / elapsed if elapsed > 0 and trained_tokens else 0.0
         return out
@@ -368,12 +372,16 @@ class RLRecipe(L.LightningModule):
         return torch.nan_to_num(col, nan=0.0)
 
     # ------------------------------------------------------------------ optimiser and checkpoints
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups, each with a `name` (gradients are clipped per group); PPO adds its critic."""
+        return [{"name": "policy", "params": list(self.policy.trainable_parameters())}]
+
     def configure_optimizers(self):
         hp = self.hparams
-        params = list(self.policy.trainable_parameters())
-        if not params:
+        groups = self.parameter_groups()
+        if not groups[0]["params"]:
             raise RecipeConfigError("the policy has no trainable parameters; check model.lora / model.quantization")
-        opt = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
+        opt = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
         total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
 
         def factor(step: int) -> float:

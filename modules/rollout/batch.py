@@ -29,6 +29,7 @@ _ROW_TENSORS = (
     "old_logps",
     "ref_logps",
     "values",
+    "returns",
 )
 # Tensors whose second dim is a sequence dimension that may need padding when concatenating.
 _LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
@@ -39,6 +40,7 @@ _RIGHT_PADDED = {
     "old_logps": 0.0,
     "ref_logps": 0.0,
     "values": 0.0,
+    "returns": 0.0,
     "advantages": 0.0,  # only when per-token (N, T)
 }
 
@@ -69,6 +71,7 @@ class RolloutBatch:
     old_logps: Tensor | None = None  # (N, T)
     ref_logps: Tensor | None = None  # (N, T)
     values: Tensor | None = None  # (N, T) critic values (PPO)
+    returns: Tensor | None = None  # (N, T) value targets (PPO: GAE advantages + values)
     turn_spans: list[list[tuple[int, int]]] | None = None  # per row: (start, end) token spans of policy turns
 
     def __post_init__(self) -> None:

@@ -33,6 +33,8 @@ RECIPES: dict[str, RecipeInfo] = {
                    "dapo.yaml"),
         RecipeInfo("rloo", "recipes.grpo.GRPO", "RLOO: Back to basics, REINFORCE leave-one-out (arXiv 2402.14740)",
                    "rloo.yaml"),
+        RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
+                   "ppo.yaml"),
     ]
 }
 

@@ -15,6 +15,7 @@ Paper recipes override one hook (`build_rollout`, `score`, `reward_kwargs`, `com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -178,8 +179,11 @@ class RLRecipe(L.LightningModule):
         kwargs = {"scale": self.hparams.scale_rewards} if self.hparams.advantage_estimator == "grpo" else {}
         return _advantages(self.hparams.advantage_estimator, rollout.rewards, rollout.group_size, **kwargs)
 
-    def loss(self, micro: RolloutBatch, *, mini_rows: int, mini_tokens: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Objective of one micro-batch, already weighted so micro-batches add up to the mini-batch loss."""
+    def loss(self, micro: RolloutBatch, *, mini_rows: float, mini_tokens: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """Objective of one micro-batch, already weighted so micro-batches add up to the mini-batch loss.
+
+        `mini_rows` / `mini_tokens`: rows and trained tokens of the mini-batch (under DDP, their mean over ranks,
+        so that DDP's gradient average is the objective of the global mini-batch)."""
         hp = self.hparams
         logps, entropy = self.policy.token_logps(
             micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_attention_mask,
@@ -236,9 +240,13 @@ class RLRecipe(L.LightningModule):
             kept.append(more)
             have += len(more) // g
             rounds += 1
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Every rank must run the same number of micro-batches (one gradient all-reduce each mini-batch):
+            # keep the smallest number of informative groups any rank found.
+            have = int(self.trainer.strategy.reduce(torch.tensor(float(have), device=self.device), reduce_op="min"))
         kept = [b for b in kept if len(b)]
         metrics.update({"dynamic_sampling/refill_rounds": float(rounds), "dynamic_sampling/groups": float(min(have, wanted))})
-        if not kept:  # nothing informative: train on the original batch (all advantages are 0)
+        if not kept or have == 0:  # nothing informative: train on the original batch (all advantages are 0)
             return rollout, metrics
         merged = RolloutBatch.concat(kept)
         return merged.select(slice(0, min(have, wanted) * g)), metrics
@@ -275,18 +283,25 @@ class RLRecipe(L.LightningModule):
         grad_norms: dict[str, list[float]] = {}
         trained_tokens = 0
         mini_size = math.ceil(len(rollout) / hp.steps_per_generation)
+        world = self.trainer.world_size
         for _ in range(hp.num_iterations):
             for mini in rollout.micro_batches(mini_size):
                 mini_tokens = int(mini.completion_mask.sum())
+                # Under DDP the gradients are averaged over ranks: normalise by the per-rank share of the global
+                # rows/tokens so that the average is the objective of the whole (all-rank) mini-batch.
+                rows, tokens = self._global_mean_counts(len(mini), max(mini_tokens, 1))
                 if not skip:
                     total = 0.0
-                    for micro in mini.micro_batches(hp.micro_batch_size):
-                        loss, metrics = self.loss(micro, mini_rows=len(mini), mini_tokens=max(mini_tokens, 1))
+                    micros = mini.micro_batches(hp.micro_batch_size)
+                    for k, micro in enumerate(micros):
+                        loss, metrics = self.loss(micro, mini_rows=rows, mini_tokens=tokens)
                         if not torch.isfinite(loss):
                             raise FloatingPointError(
                                 f"non-finite loss {loss.item()} at step {self.global_step}; metrics: "
                                 f"{ {k: float(v) for k, v in metrics.items()} }. Check rewards and learning_rate")
-                        self.manual_backward(loss)
+                        last = k == len(micros) - 1  # gradients are all-reduced once, on the last micro-batch
+                        with contextlib.nullcontext() if last or world == 1 else self.trainer.strategy.block_backward_sync():
+                            self.manual_backward(loss)
                         total += float(loss.detach())
                         for key, value in metrics.items():
                             sums[key] = sums.get(key, 0.0) + float(value)
@@ -309,6 +324,14 @@ class RLRecipe(L.LightningModule):
         out["skipped_backward"] = float(skip)
         out["tokens_per_s/train"] = trained_tokens / elapsed if elapsed > 0 and trained_tokens else 0.0
         return out
+
+    def _global_mean_counts(self, rows: int, tokens: int) -> tuple[float, float]:
+        """(rows, tokens) of the mini-batch averaged over ranks (this rank's own counts in one process)."""
+        if self.trainer.world_size == 1:
+            return float(rows), float(tokens)
+        counts = torch.tensor([float(rows), float(tokens)], device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="mean")
+        return float(counts[0]), float(counts[1])
 
     def log_step(self, rollout: RolloutBatch, metrics: dict[str, float]) -> None:
         lengths = rollout.completion_lengths.float()

@@ -12,7 +12,7 @@ import yaml
 from recipes.cli import main
 from recipes.registry import CONFIG_DIR, RECIPES
 
-CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
         "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
         "--trainer.enable_progress_bar", "false"]
@@ -27,7 +27,7 @@ def test_list_prints_every_recipe_with_paper_and_config(capsys):
     assert "2402.03300" in out  # the GRPO paper
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR).with_suffix("")))
 def test_every_shipped_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])

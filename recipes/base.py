@@ -347,6 +347,7 @@ class RLRecipe(L.LightningModule):
             "time/generate_s": self._generation_time,
             "time/step_s": time.perf_counter() - self._step_started,
             "lr": float(self.optimizers().param_groups[0]["lr"]),
+            **_memory_metrics(self.device),
         }
         out.update(self.reward_set.stats(rollout.rewards_per_func))
         if self.accuracy_reward is not None:
@@ -435,6 +436,18 @@ class RLRecipe(L.LightningModule):
             random.setstate(tuple(rng["python"]))
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak memory of the step: CUDA allocated/reserved (then reset), else the process's peak RSS, in GB."""
+    if device.type == "cuda":
+        out = {"memory/peak_allocated_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+               "memory/peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 1e9}
+        torch.cuda.reset_peak_memory_stats(device)
+        return out
+    import resource
+
+    return {"memory/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}  # KB on Linux
 
 
 def _plain(value: Any) -> Any:

@@ -49,6 +49,7 @@ def test_grpo_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_pat
     values = train.filter(like="train/").to_numpy().ravel()
     assert all(math.isfinite(v) for v in values)
     assert "eval/reward" in metrics  # HeldOutEval ran
+    assert (train["train/memory/peak_rss_gb"] > 0.05).all()  # peak memory is reported each step (CUDA: allocated)
     assert list(Path(tmp_path).rglob("reward_curve.png")), "MetricsPlot wrote no PNG"
 
 

@@ -33,6 +33,9 @@ RECIPES: dict[str, RecipeInfo] = {
                    "dapo.yaml"),
         RecipeInfo("rloo", "recipes.grpo.GRPO", "RLOO: Back to basics, REINFORCE leave-one-out (arXiv 2402.14740)",
                    "rloo.yaml"),
+        RecipeInfo("disco", "recipes.disco.DISCO",
+                   "DISCO: domain- and difficulty-aware reward scaling for imbalanced multi-domain GRPO (arXiv 2505.15074)",
+                   "disco.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

@@ -1,7 +1,8 @@
 """Reward functions (TRL contract ``fn(prompts, completions, **columns) -> list[float | None]``),
 registered by name, and `RewardSet` for their weighted combination.
 
-Registered names: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``; a config may
+Registered names: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``, ``domain_correct``
+(DISCO); a config may
 also name a user's function by dotted import path.
 """
 
@@ -18,6 +19,7 @@ from modules.rewards.registry import (
 )
 from modules.rewards.accuracy import accuracy_reward, extract_answer, extract_boxed, extract_last_number
 from modules.rewards.countdown import countdown_reward
+from modules.rewards.disco import domain_correct_reward
 from modules.rewards.format import format_reward
 from modules.rewards.length import length_penalty, overlong_reward, soft_overlong_punishment
 
@@ -28,6 +30,7 @@ __all__ = [
     "accuracy_reward",
     "completion_text",
     "countdown_reward",
+    "domain_correct_reward",
     "extract_answer",
     "extract_boxed",
     "extract_last_number",

@@ -36,6 +36,8 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("disco", "recipes.disco.DISCO",
                    "DISCO: domain- and difficulty-aware reward scaling for imbalanced multi-domain GRPO (arXiv 2505.15074)",
                    "disco.yaml"),
+        RecipeInfo("tapo", "recipes.tapo.TAPO", "TAPO: Thought-Augmented Policy Optimization (arXiv 2505.15692)",
+                   "tapo.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

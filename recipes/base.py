@@ -64,6 +64,7 @@ class RLRecipe(L.LightningModule):
         delta: float | None = None,
         beta: float = 0.0,
         kl_estimator: str = "k3",
+        entropy_coef: float = 0.0,
         num_iterations: int = 1,
         steps_per_generation: int = 1,
         micro_batch_size: int = 8,
@@ -101,6 +102,8 @@ class RLRecipe(L.LightningModule):
             delta: Optional upper bound on the unclipped ratio (two-sided clipping).
             beta: KL coefficient (0 = no reference model needed).
             kl_estimator: k3 (default, as TRL), k1, k2 or low_var_kl.
+            entropy_coef: Entropy bonus: subtract entropy_coef * token-mean entropy of the policy's tokens (veRL's
+                entropy_coeff; 0 = off).
             num_iterations: Passes over each generation batch (mu in the GRPO paper).
             steps_per_generation: Optimiser steps per pass (the batch is split into this many mini-batches).
             micro_batch_size: Rows per forward/backward (gradient accumulation inside a mini-batch).
@@ -185,17 +188,22 @@ class RLRecipe(L.LightningModule):
         `mini_rows` / `mini_tokens`: rows and trained tokens of the mini-batch (under DDP, their mean over ranks,
         so that DDP's gradient average is the objective of the global mini-batch)."""
         hp = self.hparams
+        bonus = hp.entropy_coef != 0.0
         logps, entropy = self.policy.token_logps(
             micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_attention_mask,
-            temperature=self.sampling.temperature, with_entropy=True)
+            temperature=self.sampling.temperature, with_entropy=True, entropy_grad=bonus)  # (n, T), (n, T)
         loss, metrics = policy_loss(
             logps, micro.old_logps, micro.advantages, micro.completion_mask, loss_type=hp.loss_type,
             epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, delta=hp.delta, ref_logps=micro.ref_logps,
             beta=hp.beta, kl_estimator=hp.kl_estimator, max_completion_length=self.sampling.max_new_tokens,
-            num_items_in_batch=mini_tokens, entropies=entropy)
+            num_items_in_batch=mini_tokens, entropies=entropy.detach())
+        mask = micro.completion_mask.to(entropy.dtype)  # (n, T)
         # dapo already divides by the mini-batch token count; the others are means over this micro-batch.
-        weight = 1.0 if hp.loss_type == "dapo" else len(micro) / mini_rows
-        return loss * weight, metrics
+        if hp.loss_type == "dapo":
+            return loss - (hp.entropy_coef * (entropy * mask).sum() / mini_tokens if bonus else 0.0), metrics
+        if bonus:
+            loss = loss - hp.entropy_coef * (entropy * mask).sum() / mask.sum().clamp(min=1.0)
+        return loss * (len(micro) / mini_rows), metrics
 
     def on_step_end(self, rollout: RolloutBatch) -> None:
         """Called after the optimiser steps of a generation batch (moving references, monitors...)."""

@@ -7,8 +7,8 @@ Differences from the GRPO loop, each in one hook:
 - `prepare_logps`: also the critic's values V(s_t), and the rollout-time log-probs when the KL is folded into
   the rewards (`kl_coef`, veRL's `use_kl_in_reward`: r_t -= kl_coef * (logp_t - ref_logp_t)).
 - `compute_advantages`: GAE(gamma, lam) over the policy's tokens, optionally whitened; returns for the critic.
-- `loss`: the clipped policy loss of `policy_loss` (per-token advantages) + vf_coef * clipped value loss
-  - entropy_coef * entropy.
+- `loss`: the shared clipped policy loss (per-token advantages, `entropy_coef` bonus) + vf_coef * clipped value
+  loss.
 Groups are not needed (num_generations may be 1); tool observations are neither actions nor trained.
 """
 
@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from modules.critic import Critic
-from modules.objectives import policy_loss
 from modules.objectives.ppo import gae_advantages, kl_penalised_rewards, last_token_rewards, masked_whiten, value_loss
 from modules.policy import LoraSettings
 from modules.rollout.batch import RolloutBatch
@@ -33,8 +32,7 @@ class PPO(RLRecipe):
     def __init__(self, *args: Any, critic_model_name_or_path: str | None = None,
                  critic_lora: LoraSettings | None = None, critic_learning_rate: float | None = None,
                  gamma: float = 1.0, lam: float = 1.0, value_clip: float | None = 0.5, vf_coef: float = 0.5,
-                 kl_coef: float = 0.001, whiten_advantages: bool = True, entropy_coef: float = 0.0,
-                 **kwargs: Any) -> None:
+                 kl_coef: float = 0.001, whiten_advantages: bool = True, **kwargs: Any) -> None:
         """
         Args:
             critic_model_name_or_path: Value model backbone (null = the policy's model).
@@ -47,7 +45,6 @@ class PPO(RLRecipe):
             kl_coef: KL-in-reward coefficient (per-token k1 penalty on the rewards; 0 = off). For a KL loss term
                 instead, use `beta` as in GRPO.
             whiten_advantages: Normalise the advantages over the batch's policy tokens.
-            entropy_coef: Entropy bonus weight (0 = off).
         """
         # The CLI passes every inherited option with its default: only a changed value is a mistake.
         for name, default in (("advantage_estimator", "grpo"), ("scale_rewards", "group")):
@@ -99,24 +96,14 @@ class PPO(RLRecipe):
         self.step_metrics["returns_mean"] = float(returns[mask.bool()].mean()) if mask.any() else 0.0
         return masked_whiten(advantages, mask) if hp.whiten_advantages else advantages
 
-    def loss(self, micro: RolloutBatch, *, mini_rows: int, mini_tokens: int) -> tuple[Tensor, dict[str, Tensor]]:
-        hp = self.hparams
-        args = (micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_attention_mask)
-        logps, entropy = self.policy.token_logps(*args, temperature=self.sampling.temperature, with_entropy=True,
-                                                 entropy_grad=hp.entropy_coef != 0.0)
-        pg_loss, metrics = policy_loss(
-            logps, micro.old_logps, micro.advantages, micro.completion_mask, loss_type=hp.loss_type,
-            epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, delta=hp.delta, ref_logps=micro.ref_logps,
-            beta=hp.beta, kl_estimator=hp.kl_estimator, max_completion_length=self.sampling.max_new_tokens,
-            num_items_in_batch=mini_tokens, entropies=entropy.detach())
-        values = self.critic.values(*args)
+    def loss(self, micro: RolloutBatch, *, mini_rows: float, mini_tokens: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The shared clipped policy loss (per-token advantages, entropy bonus) + vf_coef * clipped value loss."""
+        loss, metrics = super().loss(micro, mini_rows=mini_rows, mini_tokens=mini_tokens)
+        values = self.critic.values(micro.prompt_ids, micro.prompt_mask, micro.completion_ids,
+                                    micro.completion_attention_mask)
         v_loss, v_metrics = value_loss(values, micro.values, micro.returns, micro.completion_mask,
-                                       clip_range=hp.value_clip)
-        mask = micro.completion_mask.float()
-        entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
-        weight = 1.0 if hp.loss_type == "dapo" else len(micro) / mini_rows
-        total = pg_loss * weight + (hp.vf_coef * v_loss - hp.entropy_coef * entropy_mean) * len(micro) / mini_rows
-        return total, {**metrics, **v_metrics, "policy_loss": pg_loss.detach()}
+                                       clip_range=self.hparams.value_clip)
+        return loss + self.hparams.vf_coef * v_loss * (len(micro) / mini_rows), {**metrics, **v_metrics}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         lr = self.hparams.critic_learning_rate or self.hparams.learning_rate

@@ -43,6 +43,9 @@ RECIPES: dict[str, RecipeInfo] = {
                    "disco.yaml"),
         RecipeInfo("tapo", "recipes.tapo.TAPO", "TAPO: Thought-Augmented Policy Optimization (arXiv 2505.15692)",
                    "tapo.yaml"),
+        RecipeInfo("stepsearch", "recipes.stepsearch.StepSearch",
+                   "StepSearch: step-wise PPO with information-gain and redundancy rewards for search agents "
+                   "(arXiv 2505.15107)", "stepsearch.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

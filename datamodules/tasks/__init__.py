@@ -22,6 +22,7 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "multi_domain": "datamodules.tasks.multi_domain.make_multi_domain",  # DISCO: imbalanced domain mix
     "general_qa": "datamodules.tasks.general_qa.make_general_qa",  # TinyV / General-Reasoner: varied answer forms
     "word_problems": "datamodules.tasks.word_problems.make_word_problems",  # TAPO: multi-step word problems
+    "two_hop": "datamodules.tasks.two_hop.make_two_hop",  # StepSearch: two-hop QA with BM25 corpora
 }
 
 

@@ -46,6 +46,8 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("stepsearch", "recipes.stepsearch.StepSearch",
                    "StepSearch: step-wise PPO with information-gain and redundancy rewards for search agents "
                    "(arXiv 2505.15107)", "stepsearch.yaml"),
+        RecipeInfo("geli", "recipes.geli.GELI",
+                   "LLM-GELI: dialogue alignment via LLM reward decomposition (arXiv 2505.15922)", "geli.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

@@ -23,6 +23,7 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "general_qa": "datamodules.tasks.general_qa.make_general_qa",  # TinyV / General-Reasoner: varied answer forms
     "word_problems": "datamodules.tasks.word_problems.make_word_problems",  # TAPO: multi-step word problems
     "two_hop": "datamodules.tasks.two_hop.make_two_hop",  # StepSearch: two-hop QA with BM25 corpora
+    "dialogues": "datamodules.tasks.dialogues.make_dialogue_prompts",  # LLM-GELI: chat histories, hidden quality
 }
 
 

@@ -377,6 +377,8 @@ class RLRecipe(L.LightningModule):
         from tqdm.auto import tqdm
 
         meters = {name: MeanMetric().to(self.device) for name in ("reward", "accuracy", "completion_length", "pass")}
+        # per reward function (a format rate, ...); None rows (NaN) are not counted
+        per_func = {name: MeanMetric(nan_strategy="ignore").to(self.device) for name in self.reward_set.names}
         show = self._trainer is None or self.trainer.is_global_zero
         chunks = range(0, len(rows), batch_size)
         for i in tqdm(chunks, desc=f"held-out eval ({len(rows)} prompts)", leave=False,
@@ -385,6 +387,8 @@ class RLRecipe(L.LightningModule):
             greedy = self.generate_and_score(chunk, greedy=True, num_generations=1)
             meters["reward"].update(greedy.rewards)
             meters["completion_length"].update(greedy.completion_lengths.float())
+            for j, name in enumerate(greedy.reward_names):
+                per_func[name].update(greedy.rewards_per_func[:, j])
             if self.accuracy_reward is not None:
                 meters["accuracy"].update(self._accuracy_column(greedy))
             if k > 1 and self.accuracy_reward is not None:
@@ -393,6 +397,7 @@ class RLRecipe(L.LightningModule):
                 meters["pass"].update((correct > 0.5).any(dim=1).float())
         out = {"eval/reward": float(meters["reward"].compute()),
                "eval/completion_length": float(meters["completion_length"].compute())}
+        out.update({f"eval/rewards/{name}/mean": float(m.compute()) for name, m in per_func.items()})
         if self.accuracy_reward is not None:
             out["eval/accuracy"] = float(meters["accuracy"].compute())
             if k > 1:

@@ -3,6 +3,9 @@
     r1 list                                        recipes, their papers and configs
     r1 fit --config recipes/configs/grpo.yaml      train (any --trainer.*, --model.*, --data.* override)
     r1 fit --config ... --ckpt_path last.ckpt      resume
+    r1 compare --configs a.yaml b.yaml [overrides] train each config in turn, then a table of their evaluations
+    r1 compare --preset ppe [overrides]            the five pPE prior-prompt configs (recipes/compare.py)
+    r1 cloud fit --config ... --machine H100_X_8   the same run as a Lightning AI job (docs/cloud.md)
 
 A bad config exits with status 2 and one line naming the field and the fix (no traceback).
 """
@@ -81,6 +84,45 @@ def _hint(message: str) -> str:
     return ""
 
 
+def config_error_line(err: BaseException) -> str | None:
+    """The one-line message (with a fix hint) when `err` is a config error, else None (the caller re-raises)."""
+    from jsonargparse import ArgumentError
+
+    errors = _config_errors()
+    if not isinstance(err, (ArgumentError, *errors)) and not any(isinstance(e, errors) for e in _chain(err)):
+        return None
+    msg = describe(err)
+    return f"{msg}{_hint(msg)}"
+
+
+class R1CLI(LightningCLI):
+    """LightningCLI that adds `callbacks.StepProgressBar` (a bar over max_steps with reward and s/step) unless the
+    config turns the bar off or brings its own."""
+
+    def instantiate_trainer(self, **kwargs):
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from callbacks.progress import StepProgressBar
+
+        config = self._get(self.config_init, "trainer", default={})
+        given = list(config.get("callbacks") or []) + list(kwargs.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [StepProgressBar()]}
+        return super().instantiate_trainer(**kwargs)
+
+
+def build_cli(args: list[str] | None, *, run: bool = True) -> LightningCLI:
+    """The recipes' LightningCLI over `args` (None: sys.argv). `run=True` runs the subcommand (`fit ...`);
+    `run=False` takes no subcommand and only parses and instantiates (`cli.trainer`, `cli.model`, `cli.datamodule`)."""
+    from datamodules.prompts import PromptDataModule
+    from recipes.base import RLRecipe
+
+    # No automatic optimiser wiring (the recipes optimise manually); the config is saved next to the logs.
+    return R1CLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                        run=run, parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": True},
+                        auto_configure_optimizers=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,22 +139,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from jsonargparse import ArgumentError
+    if argv and argv[0] == "compare":
+        from recipes.compare import main as compare_main
 
-    from datamodules.prompts import PromptDataModule
-    from recipes.base import RLRecipe
+        return compare_main(argv[1:])
+    if argv and argv[0] == "cloud":
+        from recipes.cloud import main as cloud_main
 
-    errors = _config_errors()
+        return cloud_main(argv[1:])
     try:
-        # No automatic optimiser wiring (the recipes optimise manually); the config is saved next to the logs.
-        LightningCLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=None if from_shell else argv,
-              parser_kwargs={"exit_on_error": False},
-              save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        build_cli(None if from_shell else argv)
     except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises
-        if not isinstance(err, (ArgumentError, *errors)) and not any(isinstance(e, errors) for e in _chain(err)):
+        line = config_error_line(err)
+        if line is None:
             raise
-        msg = describe(err)
-        print(f"r1: error: {msg}{_hint(msg)}", file=sys.stderr)
+        print(f"r1: error: {line}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
 

@@ -41,6 +41,8 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("disco", "recipes.disco.DISCO",
                    "DISCO: domain- and difficulty-aware reward scaling for imbalanced multi-domain GRPO (arXiv 2505.15074)",
                    "disco.yaml"),
+        RecipeInfo("ppe", "recipes.grpo.GRPO", "pPE: Prior Prompt Engineering for RFT, 5 strategies (arXiv 2505.14157)",
+                   "ppe_think.yaml"),
         RecipeInfo("tapo", "recipes.tapo.TAPO", "TAPO: Thought-Augmented Policy Optimization (arXiv 2505.15692)",
                    "tapo.yaml"),
         RecipeInfo("stepsearch", "recipes.stepsearch.StepSearch",

@@ -100,3 +100,16 @@ def test_unknown_reward_name_lists_the_registered_ones(tiny_model_path, tmp_path
     assert code == 2
     line = _error_line(capsys)
     assert "acuracy" in line and "accuracy" in line and "model.rewards" in line
+
+
+def test_step_progress_bar_is_added_unless_the_bar_is_off(tiny_model_path, tmp_path):
+    from callbacks import StepProgressBar
+    from recipes.cli import build_cli
+
+    base = ["--config", str(CONFIG_DIR / "grpo.yaml"), "--model.model_name_or_path", str(tiny_model_path),
+            "--trainer.default_root_dir", str(tmp_path)]
+    cli = build_cli(base, run=False)
+    bars = [cb for cb in cli.trainer.callbacks if isinstance(cb, StepProgressBar)]
+    assert len(bars) == 1 and cli.trainer.progress_bar_callback is bars[0]
+    cli = build_cli([*base, "--trainer.enable_progress_bar", "false"], run=False)
+    assert cli.trainer.progress_bar_callback is None

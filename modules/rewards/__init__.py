@@ -21,6 +21,7 @@ from modules.rewards.accuracy import accuracy_reward, extract_answer, extract_bo
 from modules.rewards.countdown import countdown_reward
 from modules.rewards.disco import domain_correct_reward
 from modules.rewards.format import format_reward
+from modules.rewards.structure import exact_structure_reward
 from modules.rewards.length import length_penalty, overlong_reward, soft_overlong_punishment
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "completion_text",
     "countdown_reward",
     "domain_correct_reward",
+    "exact_structure_reward",
     "extract_answer",
     "extract_boxed",
     "extract_last_number",

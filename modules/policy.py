@@ -240,6 +240,33 @@ class Policy(nn.Module):
         self.tokenizer.save_pretrained(directory)
         return directory
 
+    def save_merged(self, directory: str | Path) -> Path:
+        """Save a plain Hugging Face checkpoint (LoRA merged into the base) plus the tokenizer.
+
+        The result loads with `from_pretrained` like any model, so it can start the next stage of a pipeline.
+        A full fine-tune is saved as it is. For LoRA/QLoRA the adapter is merged into a fresh, unquantized copy of
+        the base loaded from `source` in the training dtype (on CPU): the training model is left untouched.
+        """
+        import tempfile
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not self.is_peft:
+            return self.save_pretrained(directory)
+        if self.source is None:
+            raise PolicyConfigError("save_merged needs the base model path (Policy.source) to merge the adapter into")
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            self.model.save_pretrained(adapter_dir)
+            base = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
+                              trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
+                              attn_implementation=self._load_kwargs.get("attn_implementation"))
+            merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
 
 def _apply_lora(model: nn.Module, lora: LoraSettings | dict) -> nn.Module:
     from peft import LoraConfig, get_peft_model

@@ -5,7 +5,9 @@
     r1 fit --config ... --ckpt_path last.ckpt      resume
     r1 compare --configs a.yaml b.yaml [overrides] train each config in turn, then a table of their evaluations
     r1 compare --preset ppe [overrides]            the five pPE prior-prompt configs (recipes/compare.py)
+    r1 run --config recipes/pipelines/lhrm.yaml [--restart_from STAGE]   a multi-stage pipeline (SFT -> RL, ...)
     r1 cloud fit --config ... --machine H100_X_8   the same run as a Lightning AI job (docs/cloud.md)
+    r1 subspaces --config recipes/configs/safety_subspaces.yaml   safety-subspace analysis (not a fit config)
 
 A bad config exits with status 2 and one line naming the field and the fix (no traceback).
 """
@@ -143,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         from recipes.compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv and argv[0] == "run":
+        from recipes.stages import main as run_main
+
+        return run_main(argv[1:])
+    if argv and argv[0] == "subspaces":
+        from recipes.safety_subspaces import main as subspaces_main
+
+        return subspaces_main(argv[1:])
     if argv and argv[0] == "cloud":
         from recipes.cloud import main as cloud_main
 

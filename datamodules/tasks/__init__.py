@@ -24,6 +24,12 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "word_problems": "datamodules.tasks.word_problems.make_word_problems",  # TAPO: multi-step word problems
     "two_hop": "datamodules.tasks.two_hop.make_two_hop",  # StepSearch: two-hop QA with BM25 corpora
     "dialogues": "datamodules.tasks.dialogues.make_dialogue_prompts",  # LLM-GELI: chat histories, hidden quality
+    "hybrid": "datamodules.tasks.hybrid.make_hybrid",  # LHRM: easy / multi-step arithmetic + chat prompts
+    "hybrid_sft": "datamodules.tasks.hybrid.make_hybrid_sft",  # LHRM stage 1 (HFT): <think>/<no_think> targets
+    "logic": "datamodules.tasks.logic.make_logic",  # Mixture-of-Thought: propositional logic, truth-table labels
+    "logic_sft": "datamodules.tasks.logic.make_logic_sft",  # MoT: oracle rationales in nl / code / truth_table
+    "teacher_traces": "datamodules.tasks.teacher_traces.make_teacher_traces",  # Distillation: synthetic teachers
+    "safety_sft": "datamodules.tasks.safety_sft.make_safety_sft",  # Safety subspaces demo: refuse/comply/arith
 }
 
 

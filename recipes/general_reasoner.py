@@ -1,0 +1,89 @@
+"""General-Reasoner — "zero" RL on multi-domain questions with a generative answer verifier (Ma, …, Chen, arXiv
+2505.14652; spec section 13, built from the released code and the tech report).
+
+Implemented:
+
+- The `general_verifier` reward (`modules.rewards.general_reasoner`): answer extraction (last ``\\boxed{}``, then
+  "Final Answer:" / "The answer is:" / "Answer:" / ... up to the newline); no answer -> -0.5; the verifier's
+  "Final Decision: Yes" -> 1 − 0.05·min(10, |ntok(answer) − ntok(gold)|) with ntok from the policy's tokenizer
+  (passed by this recipe), else 0.
+- The verifier sits behind the same `Verifier` interface and `LLMVerifier` as TinyV, with the general-verifier
+  prompt (raw text, no chat template, greedy, 2048 new tokens, "Final Decision: Yes" parsing).
+- Logged under train/verifier/: calls, items, accuracy (judged equivalent / rows), no_answer_rate,
+  mean_length_penalty, seconds, time_share (of the step).
+- Settings of `train_general_reasoner.sh`: clip 0.3, dual-clip c = 10 (`delta: 10`, the cap on the unclipped
+  ratio, gives the same loss), low_var_kl KL loss 1e-4, entropy bonus 1e-3.
+
+Documented substitutes: the shipped config verifies with the CPU rule stub (`verifier.kind: rule`: normalised
+string / number / fraction / unit-stripped equality that writes "Final Decision: Yes/No", parsed like an LLM's
+output); `kind: llm` with the embedded SmolLM2-135M-Instruct is the stand-in for TIGER-Lab/general-verifier (the
+config shows the switch); the synthetic `general_qa` task stands in for WebInstruct-verified. Extraction reads the
+completion, not the last 1024 tokens of prompt + response.
+
+[unverified], hence options: the order in which the answer phrases are tried (priority order, see
+`extract_general_answer`), the verifier's decoding budget on small stand-ins (model.verifier.max_new_tokens,
+stop strings).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from modules.rewards.general_reasoner import general_verifier_step_metrics
+from modules.rollout.batch import RolloutBatch
+from modules.verifiers import VerifierSettings
+from recipes.base import RLRecipe
+from recipes.tinyv import check_verifier_reward, verifier_from_settings
+
+REWARD = "general_verifier"
+
+
+class GeneralReasoner(RLRecipe):
+    """GRPO with a generative verifier's decision and a length-difference penalty as the reward."""
+
+    def __init__(
+        self,
+        *args: Any,
+        verifier: VerifierSettings | None = None,
+        epsilon_low: float = 0.3,
+        delta: float | None = 10.0,
+        beta: float = 1e-4,
+        kl_estimator: str = "low_var_kl",
+        entropy_coef: float = 1e-3,
+        accuracy_reward: str | None = REWARD,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            verifier: The answer verifier: kind rule (CPU stub writing "Final Decision: Yes/No") or llm
+                (model_name_or_path, prompt [default general_verifier], max_new_tokens [default 2048], batch_size,
+                retries, dtype, chat_template [default never], stop). Default: kind llm with smollm2-135m-instruct.
+            epsilon_low: Clip range (0.3 as released; epsilon_high defaults to it).
+            delta: Cap on the unclipped ratio; 10 reproduces veRL's dual-clip c = 10 (null = off).
+            beta: KL loss coefficient (1e-4 as released).
+            kl_estimator: KL estimator (low_var_kl as released).
+            entropy_coef: Entropy bonus coefficient (1e-3 as released).
+            accuracy_reward: Reward logged as accuracy (note: general_verifier values lie in [-0.5, 1]; the
+                share judged equivalent is train/verifier/accuracy).
+        """
+        verifier_obj = verifier_from_settings(verifier, REWARD)
+        super().__init__(*args, epsilon_low=epsilon_low, delta=delta, beta=beta, kl_estimator=kl_estimator,
+                         entropy_coef=entropy_coef, accuracy_reward=accuracy_reward, **kwargs)
+        check_verifier_reward(self, REWARD)
+        self.verifier = verifier_obj
+        self._verifier_counts: dict[str, float] = {}
+        self._counts_step: float | None = None
+
+    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
+        """Adds `verifier`, the policy's `tokenizer` (for ntok) and the step's `verifier_stats` counters."""
+        kwargs = super().reward_kwargs(rollout)
+        if self._counts_step != self._step_started:  # a new training step (held-out evals do not count)
+            self._verifier_counts, self._counts_step = {}, self._step_started
+        kwargs.update(verifier=self.verifier.to(self.device), tokenizer=self.policy.tokenizer,
+                      verifier_stats=self._verifier_counts)
+        return kwargs
+
+    def on_step_end(self, rollout: RolloutBatch) -> None:
+        step_seconds = time.perf_counter() - self._step_started
+        self.step_metrics.update(general_verifier_step_metrics(self._verifier_counts, step_seconds))

@@ -1,0 +1,100 @@
+"""TinyV — a small LLM verifier that recovers the rule verifier's false negatives (Xu et al., UW-NSL, arXiv
+2505.14625; spec section 15, built from the released code).
+
+Implemented:
+
+- The `tinyv` reward (`modules.rewards.tinyv`): math-verify on the last ``\\boxed{}`` first; the LLM verifier
+  (`modules.verifiers.LLMVerifier` with TinyV's prompt, greedy, 8 new tokens, "true" in the lowercased output,
+  3 retries at temperature +0.3) is asked only about the rule's negatives in `addon` mode (r = 1 if ok else w·v),
+  about every answer in `tinyv_only` (r = v) and `mixed` (r = w·v + (1 − w)·ok); mode and w are reward kwargs.
+  All the LLM's items of a batch go into one batched `verify` call.
+- Logged every step under train/verifier/: calls, items, rule_negatives, overturns, llm_overturn_rate (rule
+  negatives the LLM judged correct: the false-negative rate), rule_negative_rate, no_answer_rate, seconds and
+  time_share (verifier seconds / step seconds: TinyV's "extra compute").
+- Settings of the released script: low_var_kl KL loss with coefficient 1e-3.
+
+Documented substitutes: the verifier LM of the shipped config is the embedded SmolLM2-135M-Instruct (a stand-in
+for zhangchenxu/TinyV-1.5B; set model.verifier.model_name_or_path to it on a GPU); math-verify stands in for
+`prime_math`; the synthetic `general_qa` task (answers in many equivalent forms) stands in for Big-Math.
+Not implemented: veRL's KL-in-reward (0.001) beside the KL loss.
+
+[unverified], hence options: whether TinyV's prompt goes through the chat template (model.verifier.chat_template,
+default auto = yes); what happens to a completion without a boxed answer (reward kwarg verify_missing, default:
+scored 0 without asking the LLM).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from modules.rewards.tinyv import tinyv_step_metrics
+from modules.rollout.batch import RolloutBatch
+from modules.verifiers import VerifierSettings, build_verifier
+from recipes.base import RecipeConfigError, RLRecipe
+
+REWARD = "tinyv"
+
+
+def verifier_from_settings(settings: VerifierSettings | None, preset: str):
+    """The recipe's `Verifier` from its `verifier` settings (`preset` when the prompt is null); config errors name
+    model.verifier. Shared with recipes.general_reasoner."""
+    try:
+        return build_verifier(settings or VerifierSettings(), default_prompt=preset)
+    except ValueError as err:
+        raise RecipeConfigError(f"model.verifier: {err}") from err
+
+
+def check_verifier_reward(recipe: RLRecipe, name: str) -> None:
+    """`name` must be one of the recipe's rewards, without the keywords the recipe passes itself."""
+    if name not in recipe.reward_set.names:
+        raise RecipeConfigError(f"model.rewards {list(recipe.reward_set.names)} lack {name!r}, the reward this "
+                                f"recipe passes its verifier to; add {{name: {name}}}")
+    fn = recipe.reward_set.funcs[recipe.reward_set.names.index(name)]
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    clash = sorted(set(bound) & {"verifier", "verifier_stats", "tokenizer"})
+    if clash:
+        raise RecipeConfigError(f"model.rewards: the {name!r} reward's kwargs set {clash}, which the recipe passes "
+                                "itself; configure the verifier under model.verifier instead")
+
+
+class TinyV(RLRecipe):
+    """GRPO whose reward asks a small LLM verifier about the answers the rule verifier rejected."""
+
+    def __init__(
+        self,
+        *args: Any,
+        verifier: VerifierSettings | None = None,
+        beta: float = 1e-3,
+        kl_estimator: str = "low_var_kl",
+        accuracy_reward: str | None = REWARD,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            verifier: The LLM verifier (kind llm; model_name_or_path, prompt [default tinyv], max_new_tokens
+                [default 8], batch_size, retries, dtype, chat_template, stop). Default: the embedded
+                smollm2-135m-instruct as a stand-in for TinyV-1.5B. kind: rule uses the CPU rule stub instead.
+            beta: KL loss coefficient (1e-3 as released).
+            kl_estimator: KL estimator (low_var_kl as released, veRL's clamped k3).
+            accuracy_reward: Reward whose 1.0 means correct (the tinyv reward: 1.0 = rule or LLM accepted).
+        """
+        verifier_obj = verifier_from_settings(verifier, REWARD)  # a bad verifier fails before the policy loads
+        super().__init__(*args, beta=beta, kl_estimator=kl_estimator, accuracy_reward=accuracy_reward, **kwargs)
+        check_verifier_reward(self, REWARD)
+        self.verifier = verifier_obj
+        self._verifier_counts: dict[str, float] = {}
+        self._counts_step: float | None = None
+
+    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
+        """Adds `verifier` (moved to the policy's device) and the step's `verifier_stats` counters."""
+        kwargs = super().reward_kwargs(rollout)
+        if self._counts_step != self._step_started:  # a new training step (held-out evals do not count)
+            self._verifier_counts, self._counts_step = {}, self._step_started
+        kwargs.update(verifier=self.verifier.to(self.device), verifier_stats=self._verifier_counts)
+        return kwargs
+
+    def on_step_end(self, rollout: RolloutBatch) -> None:
+        step_seconds = time.perf_counter() - self._step_started
+        self.step_metrics.update(tinyv_step_metrics(self._verifier_counts, step_seconds))

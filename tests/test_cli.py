@@ -12,7 +12,8 @@ import yaml
 from recipes.cli import main
 from recipes.registry import CONFIG_DIR, RECIPES
 
-CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+# every `r1 fit` config (analysis configs such as safety_subspaces.yaml have no trainer section)
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "trainer" in (yaml.safe_load(p.read_text()) or {}))
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
         "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
         "--trainer.enable_progress_bar", "false"]

@@ -21,8 +21,11 @@ from modules.rewards.accuracy import accuracy_reward, extract_answer, extract_bo
 from modules.rewards.countdown import countdown_reward
 from modules.rewards.disco import domain_correct_reward
 from modules.rewards.format import format_reward
+from modules.rewards.general_reasoner import general_verifier_reward
+from modules.rewards.hybrid import hybrid_correct, toy_chat_rm
 from modules.rewards.structure import exact_structure_reward
 from modules.rewards.length import length_penalty, overlong_reward, soft_overlong_punishment
+from modules.rewards.tinyv import tinyv_reward
 
 __all__ = [
     "RewardError",
@@ -37,10 +40,14 @@ __all__ = [
     "extract_boxed",
     "extract_last_number",
     "format_reward",
+    "hybrid_correct",
+    "general_verifier_reward",
     "get_reward",
     "length_penalty",
     "list_rewards",
     "overlong_reward",
     "register_reward",
     "soft_overlong_punishment",
+    "tinyv_reward",
+    "toy_chat_rm",
 ]

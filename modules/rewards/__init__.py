@@ -1,9 +1,10 @@
 """Reward functions (TRL contract ``fn(prompts, completions, **columns) -> list[float | None]``),
 registered by name, and `RewardSet` for their weighted combination.
 
-Registered names: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``, ``domain_correct``
-(DISCO); a config may
-also name a user's function by dotted import path.
+Registered names: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown`` and the papers' rewards
+(``domain_correct``, ``exact_structure``, ``general_verifier``, ``tinyv``, ``hybrid_correct``, ``toy_chat_rm``;
+the LASER, NOVER, StepSearch, MoT and GELI rewards register when their module is imported). A config may also
+name a user's function by dotted import path.
 """
 
 from __future__ import annotations

@@ -6,13 +6,14 @@ import math
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
+from callbacks.periodic import PeriodicEvaluation
 
-class HeldOutEval(L.Callback):
+
+class HeldOutEval(PeriodicEvaluation):
     """Call `pl_module.evaluate(rows, k=..., batch_size=...)` on `trainer.datamodule.held_out_rows()`.
 
     When: at train start (if `at_start` and `global_step == 0`, so a resumed run does not redo it), every
@@ -49,14 +50,11 @@ class HeldOutEval(L.Callback):
                 raise ValueError(f"HeldOutEval({name}={value}): must be >= {low}")
         if max_rows is not None and int(max_rows) < 1:
             raise ValueError(f"HeldOutEval(max_rows={max_rows}): must be >= 1, or None for all held-out rows")
-        self.every_n_steps = int(every_n_steps)
+        super().__init__(every_n_steps, at_start=at_start, at_end=at_end)
         self.k = int(k)
         self.batch_size = int(batch_size)
-        self.at_start = at_start
-        self.at_end = at_end
         self.max_rows = None if max_rows is None else int(max_rows)
         self.console = console or Console(stderr=True)
-        self.history: list[tuple[int, dict[str, float]]] = []
         self._warned = False
 
     # ------------------------------------------------------------------ hooks
@@ -65,19 +63,8 @@ class HeldOutEval(L.Callback):
             raise TypeError(f"HeldOutEval needs pl_module.evaluate(rows, *, k, batch_size) -> dict[str, float]; "
                             f"{type(pl_module).__name__} has none. Use an RLRecipe or remove the callback.")
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_start and trainer.global_step == 0:
-            self._run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and not self._done_at(step):
-            self._run(trainer, pl_module)
-
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and not self._done_at(trainer.global_step):
-            self._run(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
         if trainer.is_global_zero and len(self.history) >= 2:
             self.console.print(self.render_summary())
 
@@ -114,16 +101,7 @@ class HeldOutEval(L.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(k=self.k, max_rows=self.max_rows)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [(step, dict(m)) for step, m in self.history]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(int(step), dict(m)) for step, m in state_dict.get("history", [])]
-
     # ------------------------------------------------------------------ helpers
-    def _done_at(self, step: int) -> bool:
-        return bool(self.history) and self.history[-1][0] == step
-
     def _rows(self, trainer: L.Trainer) -> list[dict]:
         datamodule = getattr(trainer, "datamodule", None)
         getter = getattr(datamodule, "held_out_rows", None)
@@ -139,10 +117,5 @@ class HeldOutEval(L.Callback):
         rows = self._rows(trainer)
         if not rows:
             return
-        metrics = {name: float(value) for name, value in
-                   pl_module.evaluate(rows, k=self.k, batch_size=self.batch_size).items()}
-        step = trainer.global_step
-        self.history.append((step, metrics))
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        self._record(trainer, {name: float(value) for name, value in
+                               pl_module.evaluate(rows, k=self.k, batch_size=self.batch_size).items()})

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.periodic import PeriodicEvaluation
 from modules.objectives.hgpo import NO_THINK, THINK, hybrid_accuracy
 from modules.rollout.hf import HFGenerateEngine
 from recipes.base import split_rows
 from recipes.hgpo import choose_modes, forced_mode_rollout, tag_token_ids
 
 
-class HybridAccuracy(L.Callback):
+class HybridAccuracy(PeriodicEvaluation):
     """HAcc on `trainer.datamodule.held_out_rows()`: for each prompt, sample `samples_per_mode` responses forced into
     each mode and score them with the module's reward functions; the reference mode is the one with the higher mean
     reward, or, when the means are within `margin`, the one with the shorter mean length. Then let the model answer
@@ -53,11 +52,10 @@ class HybridAccuracy(L.Callback):
         if margin < 0 or (max_rows is not None and max_rows < 1):
             raise ValueError(f"HybridAccuracy(margin={margin}, max_rows={max_rows}): margin must be >= 0 and max_rows "
                              ">= 1 (or None)")
-        self.every_n_steps, self.samples_per_mode, self.margin = int(every_n_steps), int(samples_per_mode), margin
+        super().__init__(every_n_steps, at_start=at_start, at_end=at_end)
+        self.samples_per_mode, self.margin = int(samples_per_mode), margin
         self.think_tag, self.no_think_tag, self.greedy_choice = think_tag, no_think_tag, greedy_choice
         self.group_column, self.batch_size, self.max_rows = group_column, int(batch_size), max_rows
-        self.at_start, self.at_end = at_start, at_end
-        self.history: list[tuple[int, dict[str, float]]] = []
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -65,26 +63,6 @@ class HybridAccuracy(L.Callback):
         if not isinstance(engine, HFGenerateEngine) or not callable(getattr(pl_module, "score", None)):
             raise TypeError(f"HybridAccuracy needs an RLRecipe with the HF generate engine; {type(pl_module).__name__} "
                             f"has {type(engine).__name__}")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_start and trainer.global_step == 0:
-            self._run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and not self._done_at(step):
-            self._run(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end and not self._done_at(trainer.global_step):
-            self._run(trainer, pl_module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [(step, dict(m)) for step, m in self.history]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(int(step), dict(m)) for step, m in state_dict.get("history", [])]
 
     # ------------------------------------------------------------------ evaluation
     def tags(self, pl_module: L.LightningModule) -> tuple[str, str]:
@@ -134,9 +112,6 @@ class HybridAccuracy(L.Callback):
             out.update({f"eval/hacc/think_rate/{v}": sum(x) / len(x) for v, x in sorted(by.items())})
         return out
 
-    def _done_at(self, step: int) -> bool:
-        return bool(self.history) and self.history[-1][0] == step
-
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         getter = getattr(getattr(trainer, "datamodule", None), "held_out_rows", None)
         rows = list(getter()) if callable(getter) else []
@@ -144,12 +119,7 @@ class HybridAccuracy(L.Callback):
         if not rows:
             rank_zero_warn("HybridAccuracy: the datamodule has no held-out rows; skipping. Set --data.val_size.")
             return
-        metrics = self.evaluate(pl_module, rows)
-        step = trainer.global_step
-        self.history.append((step, metrics))
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        self._record(trainer, self.evaluate(pl_module, rows))
 
 
 __all__ = ["HybridAccuracy"]

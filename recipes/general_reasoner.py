@@ -27,20 +27,20 @@ stop strings).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from modules.rewards.general_reasoner import general_verifier_step_metrics
 from modules.rollout.batch import RolloutBatch
 from modules.verifiers import VerifierSettings
-from recipes.base import RLRecipe
-from recipes.tinyv import check_verifier_reward, verifier_from_settings
+from recipes.verified import VerifiedRecipe
 
 REWARD = "general_verifier"
 
 
-class GeneralReasoner(RLRecipe):
+class GeneralReasoner(VerifiedRecipe):
     """GRPO with a generative verifier's decision and a length-difference penalty as the reward."""
+
+    verifier_reward = REWARD
 
     def __init__(
         self,
@@ -67,23 +67,13 @@ class GeneralReasoner(RLRecipe):
             accuracy_reward: Reward logged as accuracy (note: general_verifier values lie in [-0.5, 1]; the
                 share judged equivalent is train/verifier/accuracy).
         """
-        verifier_obj = verifier_from_settings(verifier, REWARD)
-        super().__init__(*args, epsilon_low=epsilon_low, delta=delta, beta=beta, kl_estimator=kl_estimator,
-                         entropy_coef=entropy_coef, accuracy_reward=accuracy_reward, **kwargs)
-        check_verifier_reward(self, REWARD)
-        self.verifier = verifier_obj
-        self._verifier_counts: dict[str, float] = {}
-        self._counts_step: float | None = None
+        super().__init__(*args, verifier=verifier, epsilon_low=epsilon_low, delta=delta, beta=beta,
+                         kl_estimator=kl_estimator, entropy_coef=entropy_coef, accuracy_reward=accuracy_reward,
+                         **kwargs)
 
     def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
-        """Adds `verifier`, the policy's `tokenizer` (for ntok) and the step's `verifier_stats` counters."""
-        kwargs = super().reward_kwargs(rollout)
-        if self._counts_step != self._step_started:  # a new training step (held-out evals do not count)
-            self._verifier_counts, self._counts_step = {}, self._step_started
-        kwargs.update(verifier=self.verifier.to(self.device), tokenizer=self.policy.tokenizer,
-                      verifier_stats=self._verifier_counts)
-        return kwargs
+        """Adds the policy's `tokenizer` (for ntok) to the verifier keywords."""
+        return {**super().reward_kwargs(rollout), "tokenizer": self.policy.tokenizer}
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
-        step_seconds = time.perf_counter() - self._step_started
-        self.step_metrics.update(general_verifier_step_metrics(self._verifier_counts, step_seconds))
+    def verifier_step_metrics(self, counts: dict[str, float], step_seconds: float) -> dict[str, float]:
+        return general_verifier_step_metrics(counts, step_seconds)

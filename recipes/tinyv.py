@@ -25,42 +25,19 @@ scored 0 without asking the LLM).
 
 from __future__ import annotations
 
-import functools
-import time
 from typing import Any
 
 from modules.rewards.tinyv import tinyv_step_metrics
-from modules.rollout.batch import RolloutBatch
-from modules.verifiers import VerifierSettings, build_verifier
-from recipes.base import RecipeConfigError, RLRecipe
+from modules.verifiers import VerifierSettings
+from recipes.verified import VerifiedRecipe
 
 REWARD = "tinyv"
 
 
-def verifier_from_settings(settings: VerifierSettings | None, preset: str):
-    """The recipe's `Verifier` from its `verifier` settings (`preset` when the prompt is null); config errors name
-    model.verifier. Shared with recipes.general_reasoner."""
-    try:
-        return build_verifier(settings or VerifierSettings(), default_prompt=preset)
-    except ValueError as err:
-        raise RecipeConfigError(f"model.verifier: {err}") from err
-
-
-def check_verifier_reward(recipe: RLRecipe, name: str) -> None:
-    """`name` must be one of the recipe's rewards, without the keywords the recipe passes itself."""
-    if name not in recipe.reward_set.names:
-        raise RecipeConfigError(f"model.rewards {list(recipe.reward_set.names)} lack {name!r}, the reward this "
-                                f"recipe passes its verifier to; add {{name: {name}}}")
-    fn = recipe.reward_set.funcs[recipe.reward_set.names.index(name)]
-    bound = fn.keywords if isinstance(fn, functools.partial) else {}
-    clash = sorted(set(bound) & {"verifier", "verifier_stats", "tokenizer"})
-    if clash:
-        raise RecipeConfigError(f"model.rewards: the {name!r} reward's kwargs set {clash}, which the recipe passes "
-                                "itself; configure the verifier under model.verifier instead")
-
-
-class TinyV(RLRecipe):
+class TinyV(VerifiedRecipe):
     """GRPO whose reward asks a small LLM verifier about the answers the rule verifier rejected."""
+
+    verifier_reward = REWARD
 
     def __init__(
         self,
@@ -80,21 +57,8 @@ class TinyV(RLRecipe):
             kl_estimator: KL estimator (low_var_kl as released, veRL's clamped k3).
             accuracy_reward: Reward whose 1.0 means correct (the tinyv reward: 1.0 = rule or LLM accepted).
         """
-        verifier_obj = verifier_from_settings(verifier, REWARD)  # a bad verifier fails before the policy loads
-        super().__init__(*args, beta=beta, kl_estimator=kl_estimator, accuracy_reward=accuracy_reward, **kwargs)
-        check_verifier_reward(self, REWARD)
-        self.verifier = verifier_obj
-        self._verifier_counts: dict[str, float] = {}
-        self._counts_step: float | None = None
+        super().__init__(*args, verifier=verifier, beta=beta, kl_estimator=kl_estimator,
+                         accuracy_reward=accuracy_reward, **kwargs)
 
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
-        """Adds `verifier` (moved to the policy's device) and the step's `verifier_stats` counters."""
-        kwargs = super().reward_kwargs(rollout)
-        if self._counts_step != self._step_started:  # a new training step (held-out evals do not count)
-            self._verifier_counts, self._counts_step = {}, self._step_started
-        kwargs.update(verifier=self.verifier.to(self.device), verifier_stats=self._verifier_counts)
-        return kwargs
-
-    def on_step_end(self, rollout: RolloutBatch) -> None:
-        step_seconds = time.perf_counter() - self._step_started
-        self.step_metrics.update(tinyv_step_metrics(self._verifier_counts, step_seconds))
+    def verifier_step_metrics(self, counts: dict[str, float], step_seconds: float) -> dict[str, float]:
+        return tinyv_step_metrics(counts, step_seconds)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,6 +17,10 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 TINY_MODEL_KWARGS = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=512)
+# `r1 fit` overrides for a 2-step smoke run
+FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
+        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
+        "--trainer.enable_progress_bar", "false"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,3 +44,34 @@ def smollm2_path():
     from modules.models import packaged_smollm2_path
 
     return packaged_smollm2_path()
+
+
+@pytest.fixture
+def fit_metrics(tiny_model_path, tmp_path):
+    """``fit_metrics(config, *overrides, fast=FAST, rows="train/reward", finite="train/") -> (metrics, train)``.
+
+    Runs ``r1 fit --config <config> <fast> --model.model_name_or_path <tiny model>`` with the default root dir and a
+    CSVLogger in `tmp_path`, then `overrides`; `config` may be a list (several ``--config``, in order). Asserts exit
+    code 0, that the rows where `rows` is set (the train rows) are steps [0, 1], and, unless `finite` is None, that
+    every value of the train rows' columns matching the regex `finite` is finite. Returns all of metrics.csv and the
+    train rows.
+    """
+    import pandas as pd
+
+    from recipes.cli import main
+
+    def run(config, *overrides: str, fast=FAST, rows: str = "train/reward", finite: str | None = "train/"):
+        configs = config if isinstance(config, (list, tuple)) else [config]
+        code = main(["fit", *(a for c in configs for a in ("--config", str(c))), *fast,
+                     "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
+                     "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
+                     str(tmp_path), *overrides])
+        assert code == 0
+        metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
+        train = metrics.dropna(subset=[rows])
+        assert train["step"].tolist() == [0, 1]
+        if finite is not None:
+            assert all(math.isfinite(v) for v in train.filter(regex=finite).to_numpy().ravel())
+        return metrics, train
+
+    return run

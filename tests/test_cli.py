@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
+from conftest import FAST
 
 from recipes.cli import main
 from recipes.registry import CONFIG_DIR, RECIPES
 
 # every `r1 fit` config (analysis configs such as safety_subspaces.yaml have no trainer section)
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "trainer" in (yaml.safe_load(p.read_text()) or {}))
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
 
 
 def test_list_prints_every_recipe_with_paper_and_config(capsys):
@@ -38,17 +34,8 @@ def test_every_shipped_config_parses(config, capsys):
     assert printed["model"]["init_args"]["rewards"], "a recipe without rewards"
 
 
-def test_grpo_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                 "--trainer.logger.save_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    values = train.filter(like="train/").to_numpy().ravel()
-    assert all(math.isfinite(v) for v in values)
+def test_grpo_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path):
+    metrics, train = fit_metrics(CONFIG_DIR / "grpo.yaml", "--model.skip_zero_signal_steps", "false")
     assert "eval/reward" in metrics  # HeldOutEval ran
     assert (train["train/memory/peak_rss_gb"] > 0.05).all()  # peak memory is reported each step (CUDA: allocated)
     assert list(Path(tmp_path).rglob("reward_curve.png")), "MetricsPlot wrote no PNG"

@@ -6,11 +6,10 @@ from __future__ import annotations
 import doctest
 import math
 from collections import Counter
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+from conftest import FAST
 
 import datamodules.tasks.multi_domain
 import modules.rewards.disco
@@ -31,9 +30,6 @@ from recipes.base import RecipeConfigError
 from recipes.cli import main
 from recipes.registry import CONFIG_DIR
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
 MIX = {"math": 0.75, "choice": 0.0833, "qa": 0.0833, "sentiment": 0.0833}
 
 
@@ -252,15 +248,8 @@ def test_data_without_a_domain_column_is_one_line(tiny_model_path, tmp_path, cap
     assert len(err) == 1 and "'domain' column" in err[0] and "multi_domain" in err[0]
 
 
-def test_disco_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "disco.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                 "--trainer.logger.save_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
+def test_disco_config_trains_two_steps_on_the_tiny_model(fit_metrics):
+    metrics, train = fit_metrics(CONFIG_DIR / "disco.yaml", "--model.skip_zero_signal_steps", "false", finite=None)
     for key in ("train/reward", "train/accuracy", "train/kl", "train/disco/self_consistency",
                 "train/disco/difficulty_weight", "train/rewards/domain_correct/mean"):
         assert key in train and all(math.isfinite(v) for v in train[key]), key

@@ -5,10 +5,7 @@ through `r1 fit --config`."""
 from __future__ import annotations
 
 import doctest
-import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import modules.rewards.general_reasoner
@@ -21,12 +18,8 @@ from modules.rewards.general_reasoner import (
     length_penalized_score,
 )
 from modules.verifiers import CallableVerifier, LLMVerifier, RuleStubVerifier, parse_final_decision
-from recipes.cli import main
 from recipes.registry import CONFIG_DIR
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
 
 
 def test_docstring_examples():
@@ -125,16 +118,9 @@ def test_llm_verifier_path_on_the_tiny_model(tiny_model_path):
 
 
 @pytest.mark.slow
-def test_general_reasoner_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "general_reasoner.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
-                 "--model.skip_zero_signal_steps", "false", "--trainer.callbacks", "[]"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    assert all(math.isfinite(v) for v in train.filter(like="train/").to_numpy().ravel())
+def test_general_reasoner_config_trains_two_steps_on_the_tiny_model(fit_metrics):
+    _, train = fit_metrics(CONFIG_DIR / "general_reasoner.yaml", "--model.skip_zero_signal_steps", "false",
+                           "--trainer.callbacks", "[]")
     for key in ("calls", "items", "accuracy", "no_answer_rate", "mean_length_penalty", "seconds", "time_share"):
         assert f"train/verifier/{key}" in train
     assert train["train/verifier/no_answer_rate"].between(0, 1).all()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -16,7 +14,6 @@ from modules.objectives.hgpo import hgpo_advantages, hgpo_rewards, hybrid_accura
 from modules.rollout.engine import SamplingSettings
 from modules.rewards.hybrid import extract_hybrid_answer, hybrid_correct, parse_mode, toy_chat_rm
 from recipes.base import RecipeConfigError
-from recipes.cli import main as cli_main
 from recipes.hgpo import HGPO, MODE_COLUMN, mode_token_span
 from recipes.registry import CONFIG_DIR
 
@@ -216,23 +213,10 @@ def test_bad_settings_name_the_field(tiny_model_path):
         HGPO(str(tiny_model_path), rewards=REWARDS, scale_rewards="batch")
 
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
-
-
-def test_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
-    code = cli_main(["fit", "--config", str(CONFIG_DIR / "hgpo.yaml"), *FAST,
-                     "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                     "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                     "--trainer.logger.save_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
+def test_config_trains_two_steps_on_the_tiny_model(fit_metrics):
     # A per-function reward mean is NaN when no row of the batch has that kind (no chat prompt): not checked.
-    values = train.filter(regex=r"^train/(?!rewards/.*/mean$)").to_numpy().ravel()
-    assert all(math.isfinite(v) for v in values)
+    metrics, train = fit_metrics(CONFIG_DIR / "hgpo.yaml", "--model.skip_zero_signal_steps", "false",
+                                 finite=r"^train/(?!rewards/.*/mean$)")
     for key in ("think_rate", "no_mode_rate", "r_inter/think", "r_inter/no_think", "reward/think",
                 "reward/no_think", "length/think", "length/no_think"):
         assert train[f"train/hgpo/{key}"].notna().all(), key

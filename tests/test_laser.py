@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import doctest
-import math
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -19,7 +17,6 @@ from modules.rewards.laser import (coverage_counts, difficulty_buckets, explorat
                                    laser_d_reward, laser_de_reward, laser_reward, length_thresholds, monitor_buckets,
                                    repetition_start, select_targets, targets_from_coverage)
 from recipes.base import RecipeConfigError
-from recipes.cli import main
 from recipes.laser import LASER
 from recipes.registry import CONFIG_DIR
 
@@ -306,29 +303,16 @@ def _roundtrip(checkpoint: dict, path: Path) -> Path:
     return path
 
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["laser_d", "laser_de"])
-def test_two_training_steps_end_to_end(variant, tiny_model_path, tmp_path):
+def test_two_training_steps_end_to_end(variant, fit_metrics, tmp_path):
     override = tmp_path / "variant.yaml"
     override.write_text(yaml.safe_dump({"model": {"init_args": {"variant": variant, "rewards": [
         {"name": variant, "kwargs": {"require_think": False}},
         {"name": "accuracy", "weight": 0.0, "kwargs": {"extract": "boxed", "mode": "math"}}]}}}))
-    code = main(["fit", "--config", str(CONFIG_DIR / "laser.yaml"), "--config", str(override), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
-                 "--model.monitor_size", "4", "--model.monitor_generations", "3", "--model.monitor_every", "1",
-                 "--model.length_low", "2", "--model.length_step", "2", "--model.length_max", "8"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    values = train.filter(like="train/").to_numpy().ravel()
-    assert all(math.isfinite(v) for v in values)
+    _, train = fit_metrics([CONFIG_DIR / "laser.yaml", override], "--model.monitor_size", "4",
+                           "--model.monitor_generations", "3", "--model.monitor_every", "1", "--model.length_low", "2",
+                           "--model.length_step", "2", "--model.length_max", "8")
     for key in ("target_easy", "target_medium", "target_hard", "frac_easy", "frac_medium", "frac_hard",
                 "length_bonus_rate", "monitor_accuracy", "monitor_frac_hard", "monitor_refreshed"):
         assert f"train/laser/{key}" in train, key

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -26,7 +24,6 @@ from modules.rewards.nover import (
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.hf import HFGenerateEngine
 from recipes.base import RecipeConfigError
-from recipes.cli import main
 from recipes.nover import NOVER, NOVER_TEMPLATE
 from recipes.registry import CONFIG_DIR
 
@@ -317,18 +314,9 @@ FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--d
         "--model.proxy_update_every", "1"]
 
 
-def test_nover_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path, monkeypatch):
+def test_nover_config_trains_two_steps_on_the_tiny_model(fit_metrics, monkeypatch):
     monkeypatch.setattr(NOVER, "build_rollout", lambda self: _ScriptedEngine(self.policy, self.sampling))
-    code = main(["fit", "--config", str(CONFIG_DIR / "nover.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
-                 "--trainer.callbacks", "[]"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    values = train.filter(like="train/").to_numpy().ravel()
-    assert all(math.isfinite(v) for v in values)
+    _, train = fit_metrics(CONFIG_DIR / "nover.yaml", "--trainer.callbacks", "[]", fast=FAST)
     assert train["train/nover/valid_rate"].tolist() == [1.0, 1.0]
     assert (train["train/nover/perplexity"] > 1.0).all()
     assert train["train/nover/proxy_updates"].tolist() == [1.0, 2.0]
@@ -338,12 +326,6 @@ def test_nover_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_pa
     assert (train["train/rewards/reasoning/mean"] == 0.75).all()  # ranks 1 and 1/2 in each group of 2
 
 
-def test_nover_config_runs_with_real_generation(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "nover.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
+def test_nover_config_runs_with_real_generation(fit_metrics):
+    metrics, train = fit_metrics(CONFIG_DIR / "nover.yaml", fast=FAST, finite=None)
     assert "train/nover/valid_rate" in train and "eval/reward" in metrics

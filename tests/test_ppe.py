@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import math
 import re
 from pathlib import Path
 
@@ -155,15 +154,8 @@ def _logger(save_dir: Path) -> list[str]:
     return ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(save_dir)]
 
 
-def test_ppe_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "ppe_plan.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 *_logger(tmp_path)])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    assert all(math.isfinite(v) for v in train.filter(like="train/").to_numpy().ravel())
+def test_ppe_config_trains_two_steps_on_the_tiny_model(fit_metrics):
+    metrics, _ = fit_metrics(CONFIG_DIR / "ppe_plan.yaml", fast=FAST)
     assert "train/rewards/exact_structure/mean" in metrics and "train/accuracy" in metrics
     evals = metrics.dropna(subset=["eval/rewards/exact_structure/mean"])
     assert evals["step"].tolist() == [0, 2]  # before and after

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from modules.objectives.ppo import gae_advantages, kl_penalised_rewards, last_token_rewards, masked_whiten, value_loss
-from recipes.cli import main
 from recipes.registry import CONFIG_DIR
 
 
@@ -73,20 +70,15 @@ def test_value_loss_clips_around_the_old_values():
     assert plain.item() == pytest.approx(0.5 * (0.01 + 1.21) / 2)
 
 
-def test_ppo_trains_two_steps_and_the_critic_learns(tiny_model_path, tmp_path):
-    code = main(["fit", "--config", str(CONFIG_DIR / "ppo.yaml"), "--model.model_name_or_path", str(tiny_model_path),
-                 "--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-                 "--data.val_size", "4", "--data.batch_size", "4", "--trainer.enable_progress_bar", "false",
-                 "--model.steps_per_generation", "1",  # one optimiser step per generation batch
-                 # a reward that is never 0 (minus the length), so the returns and the critic's gradients are not 0
-                 "--model.rewards", '[{"name": "length", "kwargs": {"target": 0, "coef": 0.1}}]',
-                 "--model.accuracy_reward", "null",
-                 "--trainer.default_root_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false",
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
+def test_ppo_trains_two_steps_and_the_critic_learns(fit_metrics):
+    _, train = fit_metrics(
+        CONFIG_DIR / "ppo.yaml", "--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8",
+        "--data.num_rows", "48", "--data.val_size", "4", "--data.batch_size", "4",
+        "--trainer.enable_progress_bar", "false",
+        "--model.steps_per_generation", "1",  # one optimiser step per generation batch
+        # a reward that is never 0 (minus the length), so the returns and the critic's gradients are not 0
+        "--model.rewards", '[{"name": "length", "kwargs": {"target": 0, "coef": 0.1}}]',
+        "--model.accuracy_reward", "null", "--model.skip_zero_signal_steps", "false", fast=[], finite=None)
     for key in ("train/value_loss", "train/explained_variance", "train/kl_in_reward", "train/grad_norm/critic",
                 "train/returns_mean", "train/value_clip_ratio"):
         assert key in train and all(math.isfinite(v) for v in train[key]), key

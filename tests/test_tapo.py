@@ -11,7 +11,6 @@ import random
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -39,13 +38,9 @@ from modules.tapo import (
 )
 from modules.tapo.rollout import interleave_groups
 from recipes.base import RecipeConfigError
-from recipes.cli import main
 from recipes.registry import CONFIG_DIR
 from recipes.tapo import TAPO, TEMPLATE_COLUMN
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
 LIB = load_library([{"name": n, "actions": a, "pcc": p} for n, a, p in
                     [("a", ["OST"], 1), ("b", ["SA", "CoT"], 3), ("c", ["SA", "DC", "CoT", "SR"], 5)]])
 
@@ -310,17 +305,9 @@ def test_bad_options_fail_before_the_model_loads(options, match):
     [],
     ["--model.template_in", "completion", "--model.selection", "ucb", "--model.train_context", "guided"],
 ], ids=["prompt", "completion-ucb"])
-def test_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path, variant):
-    code = main(["fit", "--config", str(CONFIG_DIR / "tapo.yaml"), *FAST, "--model.n_guided", "1", *variant,
-                 "--model.model_name_or_path", str(tiny_model_path), "--trainer.default_root_dir", str(tmp_path),
-                 "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
-                 "--model.skip_zero_signal_steps", "false"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    values = train.filter(like="train/").to_numpy().ravel()
-    assert all(math.isfinite(v) for v in values)
+def test_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path, variant):
+    _, train = fit_metrics(CONFIG_DIR / "tapo.yaml", "--model.n_guided", "1", *variant,
+                           "--model.skip_zero_signal_steps", "false")
     for key in ("guided_reward", "plain_reward", "guided_accuracy", "plain_accuracy", "guided_share", "pcc"):
         assert f"train/tapo/{key}" in train
     assert (train["train/tapo/guided_share"] == 0.5).all()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import doctest
 import math
 from collections import Counter
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import datamodules.tasks.general_qa
@@ -20,12 +18,8 @@ from modules.rewards import get_reward
 from modules.rewards.tinyv import tinyv_combine, tinyv_reward, tinyv_step_metrics
 from modules.verifiers import CallableVerifier, MathRuleVerifier, parse_true_false
 from recipes.base import RecipeConfigError
-from recipes.cli import main
 from recipes.registry import CONFIG_DIR
 
-FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
-        "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.mark.parametrize("module", [modules.rewards.tinyv, datamodules.tasks.general_qa])
@@ -158,21 +152,13 @@ def test_recipe_refuses_missing_reward_and_verifier_in_reward_kwargs(tiny_model_
 
 
 @pytest.mark.slow
-def test_tinyv_config_trains_two_steps_on_the_tiny_model(tiny_model_path, tmp_path):
+def test_tinyv_config_trains_two_steps_on_the_tiny_model(tiny_model_path, fit_metrics):
     # The random tiny model never writes \boxed{}: verify_missing sends whole completions to the LLM verifier
     # (the tiny model too), so the verifier path runs in both steps.
     rewards = "[{name: tinyv, kwargs: {mode: addon, w: 1.0, verify_missing: true}}]"
-    code = main(["fit", "--config", str(CONFIG_DIR / "tinyv.yaml"), *FAST,
-                 "--model.model_name_or_path", str(tiny_model_path),
-                 "--model.verifier.model_name_or_path", str(tiny_model_path), "--model.rewards", rewards,
-                 "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                 "--trainer.logger.save_dir", str(tmp_path), "--model.skip_zero_signal_steps", "false",
-                 "--trainer.callbacks", "[]"])
-    assert code == 0
-    metrics = pd.read_csv(next(Path(tmp_path).rglob("metrics.csv")))
-    train = metrics.dropna(subset=["train/reward"])
-    assert train["step"].tolist() == [0, 1]
-    assert all(math.isfinite(v) for v in train.filter(like="train/").to_numpy().ravel())
+    _, train = fit_metrics(CONFIG_DIR / "tinyv.yaml", "--model.verifier.model_name_or_path", str(tiny_model_path),
+                           "--model.rewards", rewards, "--model.skip_zero_signal_steps", "false",
+                           "--trainer.callbacks", "[]")
     for key in ("calls", "items", "rule_negatives", "llm_overturn_rate", "seconds", "time_share"):
         assert f"train/verifier/{key}" in train
     assert (train["train/verifier/items"] == 4).all() and (train["train/verifier/calls"] == 1).all()

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from modules.generation import batched_greedy_generate
+
 CONSISTENCY = ("mean", "sum", "none")
 DECOMPOSERS = ("oracle", "llm")
 
@@ -241,39 +243,6 @@ def build_decomposition_prompt(messages: Sequence[dict], session_score: float, *
     return [{"role": "user", "content": text}]
 
 
-def greedy_generate(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 128, batch_size: int = 4,
-                    response_prefix: str = "") -> list[str]:
-    """Greedy completions of chat-message (or text) prompts with a frozen HF causal LM, `batch_size` at a time.
-
-    `response_prefix` is written at the start of the model's turn (after the chat template) and returned as part
-    of each completion, e.g. "[" to start a JSON list. (Small local helper; merge with a shared batched-generation
-    utility when one exists.)
-    """
-    import torch
-
-    from modules.rollout.engine import render_prompt
-
-    templated = getattr(tokenizer, "chat_template", None) is not None
-    texts = [render_prompt(tokenizer, p) + response_prefix for p in prompts]
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    out: list[str] = []
-    try:
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=not templated).to(device)
-            with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                     top_p=None, top_k=None, pad_token_id=pad)
-            replies = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.extend(response_prefix + r for r in replies)
-    finally:
-        model.train(was_training)
-    return out
-
-
 class LLMDecomposer(Decomposer):
     """A frozen local causal LM decomposes each session (spec 3 (b)); scores are parsed with `parse_turn_scores`,
     clipped to `score_range`, then rescaled; an unparseable reply falls back to `uniform_split` (counted).
@@ -313,9 +282,9 @@ class LLMDecomposer(Decomposer):
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             policy.model.to(device).eval().requires_grad_(False)
             self._policy = policy
-        return greedy_generate(self._policy.model, self._policy.tokenizer, prompts,
-                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                               response_prefix=self.response_prefix)
+        return batched_greedy_generate(self._policy.model, self._policy.tokenizer, prompts,
+                                       max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                       response_prefix=self.response_prefix)
 
     def raw_scores(self, dialogues: list[list[dict]], session_scores: list[float]) -> list[list[float] | None]:
         prompts = [build_decomposition_prompt(m, s, score_range=self.score_range, consistency=self.consistency)

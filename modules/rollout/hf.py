@@ -48,16 +48,7 @@ class HFGenerateEngine(RolloutEngine):
         prompt_ids = prompt_ids.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
         prompt_mask = prompt_mask.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
         eos_ids = _eos_ids(policy.model, tok)
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                          eos_token_id=eos_ids, use_cache=True)
-        if greedy:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            gen_kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        if s.repetition_penalty != 1.0:
-            gen_kwargs["repetition_penalty"] = s.repetition_penalty
-        if s.stop:
-            gen_kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+        gen_kwargs = generate_kwargs(s, tok, eos_ids, greedy=greedy)
 
         model = policy.model
         was_training = model.training
@@ -109,6 +100,21 @@ class HFGenerateEngine(RolloutEngine):
                     out[row] = k
                     break
         return out
+
+
+def generate_kwargs(s: SamplingSettings, tokenizer, eos_ids: list[int], *, greedy: bool) -> dict[str, Any]:
+    """`model.generate` keywords for the sampling settings `s` (greedy: do_sample off, the sampling knobs unset)."""
+    kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=eos_ids, use_cache=True)
+    if greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+    if s.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = s.repetition_penalty
+    if s.stop:
+        kwargs.update(stop_strings=list(s.stop), tokenizer=tokenizer)
+    return kwargs
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from modules.rollout.batch import RolloutBatch
-from modules.rollout.hf import HFGenerateEngine, _eos_ids, completion_lengths
+from modules.rollout.hf import HFGenerateEngine, _eos_ids, completion_lengths, generate_kwargs
 
 
 def interleave_groups(num_groups: int, n_plain: int, n_guided: int) -> list[int]:
@@ -89,16 +89,7 @@ def generate_with_prefix(engine: HFGenerateEngine, prompts: list[Any], columns: 
         ids[j, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
         mask[j, width - len(ctx):] = 1
     eos_ids = _eos_ids(policy.model, tok)
-    kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos_ids,
-                                  use_cache=True)
-    if greedy:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-    if s.repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = s.repetition_penalty
-    if s.stop:
-        kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+    kwargs = generate_kwargs(s, tok, eos_ids, greedy=greedy)
     model, device = policy.model, policy.device
     was_training = model.training
     model.eval()

@@ -226,30 +226,13 @@ class LLMVerifier(Verifier):
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Greedy outputs for `prompts`, decoded in left-padded chunks of `batch_size`, in input order."""
-        import torch
-
-        from modules.rollout.engine import render_prompt
+        from modules.generation import batched_greedy_generate
 
         policy = self.policy
-        tok = policy.tokenizer
-        texts = [render_prompt(tok, p, chat_template=self.chat_template) for p in prompts]
-        templated = self.chat_template != "never" and getattr(tok, "chat_template", None) is not None
-        order = list(range(len(texts)))
-        if self.sort_by_length and len(texts) > self.batch_size:
-            lengths = [len(ids) for ids in tok(texts, add_special_tokens=not templated)["input_ids"]]
-            order.sort(key=lambda i: lengths[i])
-        outputs: list[str] = [""] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True, padding_side="left",
-                      add_special_tokens=not templated)
-            ids = enc["input_ids"].to(policy.device)  # (n, P)
-            mask = enc["attention_mask"].to(policy.device)  # (n, P)
-            with torch.no_grad():
-                decoded = self._generate_with_retries(policy, ids, mask)
-            for i, text in zip(chunk, decoded):
-                outputs[i] = text
-        return outputs
+        return batched_greedy_generate(policy.model, policy.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                                       batch_size=self.batch_size, chat_template=self.chat_template,
+                                       sort_by_length=self.sort_by_length,
+                                       decode=lambda ids, mask: self._generate_with_retries(policy, ids, mask))
 
     def _generate_with_retries(self, policy, ids, mask) -> list[str]:  # noqa: ANN001
         last: Exception | None = None

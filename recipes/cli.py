@@ -132,13 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
 
         # Piped output (scripts, tests) gets a wide console so rows are not wrapped mid-word.
-        Console(width=None if sys.stdout.isatty() else 200).print(recipe_table())
+        console = Console(width=None if sys.stdout.isatty() else 200)
+        console.print(recipe_table())
+        console.print("train one: r1 fit --config recipes/configs/<config>; its options: "
+                      "r1 fit --config recipes/configs/<config> --print_config; pipelines: recipes/pipelines/")
         return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print(f"\nrecipes: {', '.join(RECIPES)}  (configs in {CONFIG_DIR})\n")
-        if not argv:
-            return 0
+        print(f"\nrecipes: {', '.join(RECIPES)}  (configs in {CONFIG_DIR})")
+        print("\nOptions: `r1 fit --help` lists every --trainer/--model/--data option; "
+              "`r1 fit --model.help recipes.laser.LASER` one recipe's options with their docs; "
+              "`r1 compare --help`, `r1 run --help`, `r1 cloud fit --help`, `r1 subspaces --help`.")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     if argv and argv[0] == "compare":

@@ -101,3 +101,12 @@ def test_step_progress_bar_is_added_unless_the_bar_is_off(tiny_model_path, tmp_p
     assert len(bars) == 1 and cli.trainer.progress_bar_callback is bars[0]
     cli = build_cli([*base, "--trainer.enable_progress_bar", "false"], run=False)
     assert cli.trainer.progress_bar_callback is None
+
+
+def test_help_is_useful_on_its_own(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("r1 list", "r1 fit", "r1 compare", "r1 run", "r1 cloud fit", "r1 subspaces"):
+        assert command in out, command
+    assert "--model.help" in out and "laser" in out
+    assert "validate" not in out  # not LightningCLI's generic subcommand list

@@ -29,6 +29,7 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "logic": "datamodules.tasks.logic.make_logic",  # Mixture-of-Thought: propositional logic, truth-table labels
     "logic_sft": "datamodules.tasks.logic.make_logic_sft",  # MoT: oracle rationales in nl / code / truth_table
     "teacher_traces": "datamodules.tasks.teacher_traces.make_teacher_traces",  # Distillation: synthetic teachers
+    "temporal_kg": "datamodules.tasks.temporal_kg.make_temporal_kg",  # GETER: toy temporal KG, Yes/No/Unsure
     "safety_sft": "datamodules.tasks.safety_sft.make_safety_sft",  # Safety subspaces demo: refuse/comply/arith
 }
 

@@ -7,6 +7,8 @@ Loading, templates, the held-out split and the resumable batch order are `Prompt
 
 from __future__ import annotations
 
+from typing import Any
+
 from datamodules.errors import DataConfigError
 from datamodules.prompts import PromptDataModule
 
@@ -39,60 +41,17 @@ class SFTDataModule(PromptDataModule):
     resumable `PromptBatches`; `val_dataloader` yields the held-out rows in order (for `val/loss`), and
     `held_out_rows()` gives them to generation-based evaluation (`callbacks.HeldOutEval`).
 
-    Args:
-        source: A `.jsonl`/`.json` file, a `datasets` `save_to_disk` directory or a hub dataset name.
-            Give exactly one of source, rows, task.
-        rows: The rows as a Python list of dicts.
-        task: A synthetic task: a registered name (datamodules.tasks.TASKS) or a dotted path to a builder,
-            e.g. `datamodules.tasks.teacher_traces.make_teacher_traces`.
-        task_kwargs: Options of the synthetic task; its seed defaults to `seed`.
-        num_rows: Rows (queries) to generate for a synthetic task.
-        split: Split to read from a `DatasetDict` directory, a hub dataset or a `{split: rows}` .json file.
-        subset: Hub dataset configuration name.
-        prompt_column: Column holding the prompt (text or chat messages) when no template is given.
+    Args (beside every `PromptDataModule` option: source / rows / task, template, system_prompt, val_size, ...):
         response_column: Column holding the target response text (the final assistant turn).
-        template: A `{column}` format string building the prompt text from a row.
-        system_prompt: System prompt stored in each row's `system_prompt` column (it overrides the model's).
-        val_size: Held-out rows: a count (int) or a fraction (float), never sharing a prompt with training.
-        val_rows: Explicit held-out rows (instead of val_size).
-        val_source: Explicit held-out data as a path or hub name.
-        batch_size: Examples per training step (per device).
         val_batch_size: Examples per validation batch (null = batch_size).
-        seed: Seed of the held-out split, the per-epoch order and synthetic tasks.
-        shuffle: Shuffle the training order each epoch.
-        max_rows: Keep only the first max_rows rows of the source, before the held-out split.
     """
 
-    def __init__(
-        self,
-        source: str | None = None,
-        rows: list[dict] | None = None,
-        task: str | None = None,
-        task_kwargs: dict | None = None,
-        num_rows: int = 256,
-        split: str = "train",
-        subset: str | None = None,
-        prompt_column: str = "prompt",
-        response_column: str = "response",
-        template: str | None = None,
-        system_prompt: str | None = None,
-        val_size: int | float = 0,
-        val_rows: list[dict] | None = None,
-        val_source: str | None = None,
-        batch_size: int = 4,
-        val_batch_size: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        max_rows: int | None = None,
-    ) -> None:
-        super().__init__(source=source, rows=rows, task=task, task_kwargs=task_kwargs, num_rows=num_rows, split=split,
-                         subset=subset, prompt_column=prompt_column, template=template, system_prompt=system_prompt,
-                         val_size=val_size, val_rows=val_rows, val_source=val_source, batch_size=batch_size,
-                         seed=seed, shuffle=shuffle, max_rows=max_rows)
+    def __init__(self, response_column: str = "response", val_batch_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if val_batch_size is not None and val_batch_size < 1:
             raise DataConfigError(f"--data.val_batch_size={val_batch_size} must be >= 1 (or null)")
         self.response_column = response_column
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_batch_size = val_batch_size or self.batch_size
         self._responses_checked = False
 
     def setup(self, stage: str | None = None) -> None:

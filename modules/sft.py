@@ -11,13 +11,11 @@ Pure functions:
                                                       "truncated"}
     collate_sft(examples, pad_token_id) -> padded tensors (right padding)
     sft_loss(logits, labels) -> (token-mean loss, number of trained tokens)
-    lr_factor(step, ...) -> learning-rate multiplier (linear warmup, then constant or cosine to 0)
     response_nll(policy, examples) -> [(summed NLL, tokens)] per example (perplexity under a scoring model)
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -29,7 +27,6 @@ from modules.rollout.engine import render_prompt
 IGNORE_INDEX = -100
 """Label of a position that is not trained on (prompt, earlier turns, padding); `F.cross_entropy` skips it."""
 
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def prompt_token_ids(tokenizer, prompt: str | list[dict], *, system_prompt: str | None = None,
@@ -127,26 +124,6 @@ def sft_loss(logits: Tensor, labels: Tensor, *, reduction: str = "mean") -> tupl
     return (total / n if reduction == "mean" else total), n
 
 
-def lr_factor(step: int, *, warmup_steps: int = 0, total_steps: int | None = None, schedule: str = "constant"
-              ) -> float:
-    """Learning-rate multiplier at optimiser step `step` (0-based): linear warmup over `warmup_steps`, then
-    `constant` (1.0) or `cosine` decay to 0 at `total_steps` (the paper: cosine, 5% warmup, decay to 0).
-
-    >>> [round(lr_factor(s, warmup_steps=2, total_steps=6, schedule="cosine"), 3) for s in range(6)]
-    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
-    """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule={schedule!r}; use one of {LR_SCHEDULES}")
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        if not total_steps:
-            raise ValueError("the cosine schedule needs the total number of optimiser steps (set trainer.max_steps)")
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
 @torch.no_grad()
 def response_nll(policy, examples: list[dict[str, Any]], *, micro_batch_size: int = 8) -> list[tuple[float, int]]:
     """(summed NLL, token count) of each example's labelled tokens under `policy` (a `modules.policy.Policy`).
@@ -174,5 +151,5 @@ def response_nll(policy, examples: list[dict[str, Any]], *, micro_batch_size: in
     return out
 
 
-__all__ = ["IGNORE_INDEX", "LR_SCHEDULES", "collate_sft", "lr_factor", "prompt_token_ids", "response_nll",
+__all__ = ["IGNORE_INDEX", "collate_sft", "prompt_token_ids", "response_nll",
            "sft_example", "sft_loss"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -31,6 +32,7 @@ from torch import Tensor
 from modules.objectives import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_NORMALISERS, policy_loss, zero_variance_groups
 from modules.objectives import compute_advantages as _advantages
 from modules.objectives.advantages import SCALES
+from modules.optim import LR_SCHEDULES, lr_factor
 from modules.policy import LoraSettings, Policy
 from modules.rewards import RewardSet, RewardSpec
 from modules.rollout.batch import RolloutBatch
@@ -129,7 +131,7 @@ class RLRecipe(L.LightningModule):
         _check_choice("scale_rewards", scale_rewards, SCALES)
         _check_choice("advantage_estimator", advantage_estimator, tuple(ADVANTAGE_ESTIMATORS))
         _check_choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
-        _check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
+        _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         for name, value in (("num_generations", num_generations), ("num_iterations", num_iterations),
                             ("steps_per_generation", steps_per_generation), ("micro_batch_size", micro_batch_size)):
             if int(value) < 1:
@@ -413,22 +415,21 @@ class RLRecipe(L.LightningModule):
         """Optimiser parameter groups, each with a `name` (gradients are clipped per group); PPO adds its critic."""
         return [{"name": "policy", "params": list(self.policy.trainable_parameters())}]
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over `parameter_groups()` with the recipe's learning rate, weight decay and betas."""
         hp = self.hparams
         groups = self.parameter_groups()
         if not groups[0]["params"]:
             raise RecipeConfigError("the policy has no trainable parameters; check model.lora / model.quantization")
-        opt = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
+        return torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = self.build_optimizer()
         total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
-
-        def factor(step: int) -> float:
-            if hp.warmup_steps and step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            if hp.lr_schedule == "cosine" and total:
-                progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
-
+        if hp.lr_schedule == "cosine" and total is None:
+            raise RecipeConfigError("model.lr_schedule=cosine needs trainer.max_steps (the decay ends there)")
+        factor = functools.partial(lr_factor, warmup_steps=hp.warmup_steps, total_steps=total, schedule=hp.lr_schedule)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

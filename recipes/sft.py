@@ -34,7 +34,8 @@ from modules.policy import LoraSettings
 from modules.rewards import RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
-from modules.sft import LR_SCHEDULES, collate_sft, lr_factor, sft_example, sft_loss
+from modules.optim import LR_SCHEDULES, lr_factor
+from modules.sft import collate_sft, sft_example, sft_loss
 from recipes.base import RecipeConfigError, RLRecipe, _check_choice, _has_callables
 
 
@@ -183,10 +184,7 @@ class SFT(RLRecipe):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = self.parameter_groups()
-        if not groups[0]["params"]:
-            raise RecipeConfigError("the policy has no trainable parameters; check model.lora / model.quantization")
-        opt = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
+        opt = self.build_optimizer()
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         total = None if total is None or math.isinf(total) else int(total)
         if total is None and (hp.lr_schedule == "cosine" or (hp.warmup_ratio and not hp.warmup_steps)):

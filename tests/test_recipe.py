@@ -173,3 +173,12 @@ def test_bad_rewards_stop_training_with_the_function_named(tiny_model_path, tmp_
         recipe = _recipe(tiny_model_path, rewards=[fn], accuracy_reward=None)
         with pytest.raises(RewardError, match=match):
             _trainer(tmp_path, max_steps=1, enable_checkpointing=False).fit(recipe, _data())
+
+
+def test_cosine_schedule_needs_max_steps(tiny_model_path):
+    from recipes.base import RecipeConfigError
+    from recipes.grpo import GRPO
+
+    recipe = GRPO(model_name_or_path=str(tiny_model_path), rewards=["accuracy"], lr_schedule="cosine")
+    with pytest.raises(RecipeConfigError, match="lr_schedule=cosine needs trainer.max_steps"):
+        recipe.configure_optimizers()  # no trainer, no max_steps: the decay has no end (was silently constant)

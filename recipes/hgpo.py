@@ -38,7 +38,7 @@ from modules.rewards.hybrid import closing_tag, parse_mode
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings, repeat_columns
 from modules.rollout.hf import HFGenerateEngine
-from modules.tapo.rollout import generate_with_prefix
+from modules.rollout.prefix import generate_with_prefix
 from recipes.base import RecipeConfigError, RLRecipe, split_rows
 
 MODE_COLUMN = "hgpo_mode"  # per-row forced mode ("think" / "no_think"); reward functions see it too

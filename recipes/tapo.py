@@ -35,7 +35,8 @@ import torch
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import repeat_columns
 from modules.rollout.hf import HFGenerateEngine
-from modules.tapo.rollout import generate_with_prefix, interleave_groups, replace_prompt_rows
+from modules.rollout.prefix import generate_with_prefix
+from modules.tapo.rollout import interleave_groups, replace_prompt_rows
 from modules.tapo.thoughts import (
     COMPLETION_HEADER,
     SELECTION_MODES,

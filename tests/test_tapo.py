@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import datamodules.tasks.word_problems
+import modules.rollout.prefix
 import modules.tapo.rollout
 import modules.tapo.thoughts
 from datamodules.errors import DataConfigError
@@ -45,7 +46,8 @@ LIB = load_library([{"name": n, "actions": a, "pcc": p} for n, a, p in
                     [("a", ["OST"], 1), ("b", ["SA", "CoT"], 3), ("c", ["SA", "DC", "CoT", "SR"], 5)]])
 
 
-@pytest.mark.parametrize("module", [modules.tapo.thoughts, modules.tapo.rollout, datamodules.tasks.word_problems])
+@pytest.mark.parametrize("module", [modules.tapo.thoughts, modules.tapo.rollout, modules.rollout.prefix,
+                                    datamodules.tasks.word_problems])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

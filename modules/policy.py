@@ -155,6 +155,11 @@ class Policy(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model was loaded in (for QLoRA, its compute dtype; the base is stored in 4 bits)."""
+        return self._load_kwargs.get("dtype") or next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 

@@ -115,6 +115,7 @@ def policy_loss(
     num_items_in_batch: Tensor | int | float | None = None,
     delta: float | None = None,
     entropies: Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate loss of TRL's GRPOTrainer; returns ``(loss, metrics)``.
 
@@ -128,6 +129,8 @@ def policy_loss(
     NaN in the forward pass; they must still hold finite values for the gradient to stay finite.
     ``metrics``: detached scalars ``clip_ratio/{low,high,region}_mean``, ``ratio/{mean,min,max}``,
     plus ``kl`` when ``ref_logps`` is given and ``entropy`` when ``entropies`` is given.
+    ``token_weights`` (N, T) or (N, 1), no gradient: multiplies the clipped surrogate before the KL term is added
+    (the rollout importance weights of `objectives.tis` when a separate engine such as vLLM sampled the batch).
     """
     if loss_type not in LOSS_NORMALISERS:
         raise ValueError(
@@ -164,6 +167,11 @@ def policy_loss(
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
     per_token_loss = -torch.min(unclipped * advantages, clipped * advantages)  # (N, T)
+    if token_weights is not None:
+        if token_weights.shape not in (logps.shape, (logps.shape[0], 1)):
+            raise ValueError(f"policy_loss: token_weights has shape {tuple(token_weights.shape)}; expected "
+                             f"{tuple(logps.shape)} or ({logps.shape[0]}, 1).")
+        per_token_loss = per_token_loss * token_weights.detach()
 
     kl = kl_estimate(logps, ref_logps, kl_estimator) if ref_logps is not None else None
     if beta != 0.0:

@@ -160,6 +160,11 @@ class Policy(nn.Module):
         """The dtype the model was loaded in (for QLoRA, its compute dtype; the base is stored in 4 bits)."""
         return self._load_kwargs.get("dtype") or next(p for p in self.model.parameters() if p.is_floating_point()).dtype
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model was loaded in (for QLoRA, its compute dtype; the base is stored in 4 bits)."""
+        return self._load_kwargs.get("dtype") or next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 

@@ -32,12 +32,17 @@ from torch import Tensor
 from modules.objectives import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_NORMALISERS, policy_loss, zero_variance_groups
 from modules.objectives import compute_advantages as _advantages
 from modules.objectives.advantages import SCALES
+from modules.objectives.tis import (ROLLOUT_CORRECTION_MODES, RolloutCorrectionSettings, rollout_importance_weights,
+                                    rollout_mismatch_metrics)
 from modules.optim import LR_SCHEDULES, lr_factor
 from modules.policy import LoraSettings, Policy
 from modules.rewards import RewardSet, RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
+from modules.rollout.vllm import VLLMSettings
+
+ROLLOUT_ENGINES = ("hf", "vllm")
 
 class RecipeConfigError(ValueError):
     """A bad recipe setting; the message names the field and the fix."""
@@ -58,6 +63,9 @@ class RLRecipe(L.LightningModule):
         sampling: SamplingSettings | None = None,
         num_generations: int = 8,
         generation_batch_size: int | None = None,
+        rollout_engine: str = "hf",
+        vllm: VLLMSettings | None = None,
+        rollout_correction: RolloutCorrectionSettings | None = None,
         loss_type: str = "grpo",
         advantage_estimator: str = "grpo",
         scale_rewards: str = "group",
@@ -94,7 +102,14 @@ class RLRecipe(L.LightningModule):
             reference: KL reference: auto (adapter disabled for LoRA, frozen copy otherwise), adapter, copy, none.
             sampling: Sampling settings (max_new_tokens, temperature, top_p, top_k, stop, chat_template).
             num_generations: G, completions sampled per prompt (the group size).
-            generation_batch_size: Rows per `generate` call (null = all at once).
+            generation_batch_size: Rows per `generate` call (null = all at once; HF engine only).
+            rollout_engine: hf (transformers `generate` on the policy itself) or vllm (a colocated vLLM engine that
+                receives the policy's weights after every optimisation phase; needs the `vllm` extra).
+            vllm: Settings of the vLLM engine (gpu_memory_utilization, weight_sync merged|adapter, sleep mode,
+                tensor_parallel_size, ...); used when rollout_engine=vllm.
+            rollout_correction: Importance correction for the sampler/trainer log-prob mismatch of a separate
+                engine (vLLM): mode token_truncate (TIS, default, clip_max 2), token_mask, sequence_truncate,
+                sequence_mask or off; the mismatch is logged under train/rollout_correction/ in every mode.
             loss_type: grpo (sequence mean), bnpo (token mean), dr_grpo (sum / (N * max_new_tokens)) or
                 dapo (token mean over the whole mini-batch).
             advantage_estimator: grpo (group-normalised) or rloo (leave-one-out baseline).
@@ -132,6 +147,13 @@ class RLRecipe(L.LightningModule):
         _check_choice("advantage_estimator", advantage_estimator, tuple(ADVANTAGE_ESTIMATORS))
         _check_choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
         _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+        _check_choice("rollout_engine", rollout_engine, ROLLOUT_ENGINES)
+        self.vllm_settings = vllm or VLLMSettings()
+        self.rollout_correction = rollout_correction or RolloutCorrectionSettings()
+        _check_choice("rollout_correction.mode", self.rollout_correction.mode, (*ROLLOUT_CORRECTION_MODES, "off"))
+        if self.rollout_correction.mode.endswith("truncate") and self.rollout_correction.clip_max is None:
+            raise RecipeConfigError(f"model.rollout_correction.mode={self.rollout_correction.mode} needs clip_max "
+                                    "(the truncation bound C; 2.0 in the TIS paper)")
         for name, value in (("num_generations", num_generations), ("num_iterations", num_iterations),
                             ("steps_per_generation", steps_per_generation), ("micro_batch_size", micro_batch_size)):
             if int(value) < 1:
@@ -151,6 +173,9 @@ class RLRecipe(L.LightningModule):
                                              gradient_checkpointing=gradient_checkpointing, reference=reference)
         self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self.rollout_engine = self.build_rollout()
+        if rollout_engine == "vllm" and not _is_vllm(self.rollout_engine):
+            raise RecipeConfigError(f"model.rollout_engine=vllm: {type(self).__name__} builds its own rollout engine "
+                                    f"({type(self.rollout_engine).__name__}), which vLLM cannot replace; use hf")
         self.last_rollout: RolloutBatch | None = None
         self.step_metrics: dict[str, float] = {}  # any hook may add metrics here; logged under train/ each step
         self._step_started = 0.0
@@ -158,7 +183,14 @@ class RLRecipe(L.LightningModule):
 
     # ------------------------------------------------------------------ hooks a paper may override
     def build_rollout(self) -> RolloutEngine:
-        """The rollout engine (HF generate by default)."""
+        """The rollout engine: HF generate, or a colocated vLLM engine (`rollout_engine: vllm`)."""
+        if self.hparams.rollout_engine == "vllm":
+            from modules.rollout.vllm import VLLMEngine
+
+            try:
+                return VLLMEngine(self.policy, self.sampling, self.vllm_settings)
+            except (ValueError, ImportError) as err:  # a bad vllm.* setting or no vLLM: a one-line config error
+                raise RecipeConfigError(str(err)) from err
         return HFGenerateEngine(self.policy, self.sampling, generation_batch_size=self.hparams.generation_batch_size)
 
     def score(self, rollout: RolloutBatch) -> RolloutBatch:
@@ -198,7 +230,7 @@ class RLRecipe(L.LightningModule):
             logps, micro.old_logps, micro.advantages, micro.completion_mask, loss_type=hp.loss_type,
             epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, delta=hp.delta, ref_logps=micro.ref_logps,
             beta=hp.beta, kl_estimator=hp.kl_estimator, max_completion_length=self.sampling.max_new_tokens,
-            num_items_in_batch=mini_tokens, entropies=entropy.detach())
+            num_items_in_batch=mini_tokens, entropies=entropy.detach(), token_weights=micro.token_weights)
         mask = micro.completion_mask.to(entropy.dtype)  # (n, T)
         # dapo already divides by the mini-batch token count; the others are means over this micro-batch.
         if hp.loss_type == "dapo":
@@ -216,10 +248,12 @@ class RLRecipe(L.LightningModule):
         self.step_metrics = {}
         rollout, sampling_metrics = self.collect_rollout(batch)
         self.prepare_logps(rollout)  # before the advantages: PPO folds the KL into its token rewards
+        self.correct_rollout(rollout)
         rollout.advantages = self.compute_advantages(rollout)
         if self.hparams.mask_truncated_completions:
             rollout.completion_mask = rollout.completion_mask * (~rollout.truncated).long()[:, None]
         train_metrics = self.optimise(rollout)
+        self.rollout_engine.sync_weights()  # a separate engine (vLLM) samples the next batch with the new weights
         self.last_rollout = rollout
         self.on_step_end(rollout)
         self.log_step(rollout, {**sampling_metrics, **train_metrics, **self.step_metrics})
@@ -229,8 +263,12 @@ class RLRecipe(L.LightningModule):
         prompts, columns = split_rows(rows)
         g = self.hparams.num_generations if num_generations is None else num_generations
         rollout = self.rollout_engine.generate(prompts, columns, num_generations=g, greedy=greedy)
-        self._generation_time += self.rollout_engine.last_stats.get("generate_s", 0.0)
-        self._generated_tokens += self.rollout_engine.last_stats.get("generated_tokens", 0.0)
+        stats = self.rollout_engine.last_stats
+        self._generation_time += stats.get("generate_s", 0.0)
+        self._generated_tokens += stats.get("generated_tokens", 0.0)
+        for key in ("weight_sync_s", "engine_start_s"):
+            if stats.get(key):
+                self.step_metrics[f"time/{key}"] = self.step_metrics.get(f"time/{key}", 0.0) + stats[key]
         return self.score(rollout)
 
     def collect_rollout(self, rows: list[dict]) -> tuple[RolloutBatch, dict[str, float]]:
@@ -279,6 +317,28 @@ class RLRecipe(L.LightningModule):
         if hp.beta != 0.0:
             rollout.ref_logps = self.policy.ref_token_logps(*args, temperature=self.sampling.temperature,
                                                             micro_batch_size=hp.micro_batch_size)
+
+    @torch.no_grad()
+    def correct_rollout(self, rollout: RolloutBatch) -> None:
+        """When another engine sampled the batch (vLLM), weight each token by pi_old / mu (`objectives.tis`).
+
+        The trainer's own log-probs become `old_logps` (the ratio's base, as TRL does), the importance weights
+        `token_weights`; the mismatch is logged in every mode, including `off`.
+        """
+        if rollout.rollout_logps is None:
+            return
+        settings, mask = self.rollout_correction, rollout.completion_mask
+        if rollout.old_logps is None:
+            rollout.old_logps, _ = self.policy.token_logps(
+                rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_attention_mask,
+                temperature=self.sampling.temperature, micro_batch_size=self.hparams.micro_batch_size)
+        weights = None
+        if settings.mode != "off":
+            weights = rollout_importance_weights(rollout.old_logps, rollout.rollout_logps, mask, mode=settings.mode,
+                                                 clip_max=settings.clip_max, clip_min=settings.clip_min)
+            rollout.token_weights = weights.expand(mask.shape).contiguous()  # (N, T), also for sequence modes
+        metrics = rollout_mismatch_metrics(rollout.old_logps, rollout.rollout_logps, mask, weights)
+        self.step_metrics.update({f"rollout_correction/{k}": v for k, v in metrics.items()})
 
     def optimise(self, rollout: RolloutBatch) -> dict[str, float]:
         hp = self.hparams
@@ -495,6 +555,12 @@ def _keep_informative(rollout: RolloutBatch, g: int) -> RolloutBatch:
     flat = zero_variance_groups(rollout.rewards, g)  # (B,)
     rows = (~flat).repeat_interleave(g)  # (N,)
     return rollout.select(rows)
+
+
+def _is_vllm(engine: RolloutEngine) -> bool:
+    from modules.rollout.vllm import VLLMEngine
+
+    return isinstance(engine, VLLMEngine)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -30,6 +30,8 @@ _ROW_TENSORS = (
     "ref_logps",
     "values",
     "returns",
+    "rollout_logps",
+    "token_weights",
 )
 # Tensors whose second dim is a sequence dimension that may need padding when concatenating.
 _LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
@@ -41,6 +43,8 @@ _RIGHT_PADDED = {
     "ref_logps": 0.0,
     "values": 0.0,
     "returns": 0.0,
+    "rollout_logps": 0.0,
+    "token_weights": 0.0,
     "advantages": 0.0,  # only when per-token (N, T)
 }
 
@@ -73,6 +77,8 @@ class RolloutBatch:
     values: Tensor | None = None  # (N, T) critic values (PPO)
     returns: Tensor | None = None  # (N, T) value targets (PPO: GAE advantages + values)
     turn_spans: list[list[tuple[int, int]]] | None = None  # per row: (start, end) token spans of policy turns
+    rollout_logps: Tensor | None = None  # (N, T) the sampler's own log-probs of its tokens (vLLM), else None
+    token_weights: Tensor | None = None  # (N, T) rollout-correction importance weights multiplying the surrogate
 
     def __post_init__(self) -> None:
         n = self.completion_ids.shape[0]

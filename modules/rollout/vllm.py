@@ -99,6 +99,9 @@ def validate_vllm_settings(settings: VLLMSettings, policy: Policy) -> None:
     if settings.weight_sync == "adapter" and settings.sleep_level == 2:
         raise ValueError("model.vllm.sleep_level=2 discards vLLM's base weights, which adapter sync never pushes "
                          "again; use sleep_level 1 or weight_sync 'merged'")
+    if settings.enable_sleep_mode and not torch.cuda.is_available():
+        raise ValueError("model.vllm.enable_sleep_mode=true needs CUDA (vLLM's sleep mode is CUDA-only); set it to "
+                         "false on this machine")
     if not 0.0 < settings.gpu_memory_utilization <= 1.0:
         raise ValueError(f"model.vllm.gpu_memory_utilization={settings.gpu_memory_utilization}; give a share in (0, 1]")
     if settings.tensor_parallel_size < 1:

@@ -52,6 +52,10 @@ class AdapterCheckpoint(L.Callback):
             self._save(trainer, pl_module, "final")
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        if trainer.is_global_zero:
-            self.saved.append(Path(pl_module.policy.save_pretrained(self.dirpath / name)))
+        from modules.distributed import is_sharded
+
+        if trainer.is_global_zero or is_sharded(pl_module.policy.model):  # FSDP: a collective, rank 0 writes
+            path = Path(pl_module.policy.save_pretrained(self.dirpath / name))
+            if trainer.is_global_zero:
+                self.saved.append(path)
         trainer.strategy.barrier("AdapterCheckpoint")

@@ -160,11 +160,6 @@ class Policy(nn.Module):
         """The dtype the model was loaded in (for QLoRA, its compute dtype; the base is stored in 4 bits)."""
         return self._load_kwargs.get("dtype") or next(p for p in self.model.parameters() if p.is_floating_point()).dtype
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the model was loaded in (for QLoRA, its compute dtype; the base is stored in 4 bits)."""
-        return self._load_kwargs.get("dtype") or next(p for p in self.model.parameters() if p.is_floating_point()).dtype
-
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 
@@ -243,12 +238,23 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Save the adapter only (LoRA) or the full model, plus the tokenizer."""
+        """Save the adapter only (LoRA) or the full model, plus the tokenizer.
+
+        Under FSDP (sharded weights) every rank must call it: the weights are gathered, rank 0 writes."""
         directory = Path(directory)
+        state_dict = self._gathered_state_dict()
+        if state_dict is not None and not state_dict:  # FSDP, not rank 0: nothing to write
+            return directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
+        self.model.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
         return directory
+
+    def _gathered_state_dict(self) -> dict | None:
+        """None (the model saves its own weights), or under FSDP the gathered full weights ({} off rank 0)."""
+        from modules.distributed import full_state_dict, is_sharded
+
+        return full_state_dict(self.model) if is_sharded(self.model) else None
 
     def save_merged(self, directory: str | Path) -> Path:
         """Save a plain Hugging Face checkpoint (LoRA merged into the base) plus the tokenizer.
@@ -267,8 +273,11 @@ class Policy(nn.Module):
             raise PolicyConfigError("save_merged needs the base model path (Policy.source) to merge the adapter into")
         from peft import PeftModel
 
+        state_dict = self._gathered_state_dict()  # FSDP: every rank gathers, rank 0 merges and writes
+        if state_dict is not None and not state_dict:
+            return directory
         with tempfile.TemporaryDirectory() as adapter_dir:
-            self.model.save_pretrained(adapter_dir)
+            self.model.save_pretrained(adapter_dir, state_dict=state_dict)
             base = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
                               trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
                               attn_implementation=self._load_kwargs.get("attn_implementation"))

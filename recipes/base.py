@@ -148,6 +148,7 @@ class RLRecipe(L.LightningModule):
         _check_choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
         _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         _check_choice("rollout_engine", rollout_engine, ROLLOUT_ENGINES)
+        self.rollout_engine_name = rollout_engine  # an attribute, not hparams: subclasses (SFT) save their own
         self.vllm_settings = vllm or VLLMSettings()
         self.rollout_correction = rollout_correction or RolloutCorrectionSettings()
         _check_choice("rollout_correction.mode", self.rollout_correction.mode, (*ROLLOUT_CORRECTION_MODES, "off"))
@@ -184,7 +185,7 @@ class RLRecipe(L.LightningModule):
     # ------------------------------------------------------------------ hooks a paper may override
     def build_rollout(self) -> RolloutEngine:
         """The rollout engine: HF generate, or a colocated vLLM engine (`rollout_engine: vllm`)."""
-        if self.hparams.rollout_engine == "vllm":
+        if self.rollout_engine_name == "vllm":
             from modules.rollout.vllm import VLLMEngine
 
             try:
@@ -471,6 +472,13 @@ class RLRecipe(L.LightningModule):
         return torch.nan_to_num(col, nan=0.0)
 
     # ------------------------------------------------------------------ optimiser and checkpoints
+    def configure_model(self) -> None:
+        """Shard the policy under FSDP2 (`modules.distributed.FSDP2Strategy`) and refuse strategies the loop cannot
+        use (Lightning's FSDP1; DeepSpeed with the loop's gradient clipping). A no-op under DDP or on one device."""
+        from modules.distributed import configure_sharding
+
+        configure_sharding(self)
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups, each with a `name` (gradients are clipped per group); PPO adds its critic."""
         return [{"name": "policy", "params": list(self.policy.trainable_parameters())}]

@@ -37,7 +37,11 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     from modules.rewards.registry import RewardError
     from recipes.base import RecipeConfigError
 
-    return (DataConfigError, ModelNotFoundError, PolicyConfigError, RecipeConfigError, RewardError)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    # Lightning's own configuration errors (a strategy that needs CUDA or deepspeed, ...) are one line too
+    return (DataConfigError, ModelNotFoundError, PolicyConfigError, RecipeConfigError, RewardError,
+            MisconfigurationException)
 
 
 def _chain(err: BaseException) -> list[BaseException]:

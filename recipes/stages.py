@@ -163,8 +163,12 @@ class StageOutput(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model_dir = self.directory / "model"
+        policy = getattr(pl_module, "policy", None)
+        from modules.distributed import is_sharded
+
+        if not trainer.is_global_zero and policy is not None and is_sharded(policy.model):
+            policy.save_merged(model_dir)  # FSDP: every rank gathers; rank 0 writes
         if trainer.is_global_zero:
-            policy = getattr(pl_module, "policy", None)
             if policy is None or not callable(getattr(policy, "save_merged", None)):
                 raise StageError(f"a fit stage needs a module with policy.save_merged(); {type(pl_module).__name__} "
                                  "has none")

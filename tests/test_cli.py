@@ -12,7 +12,9 @@ from recipes.cli import main
 from recipes.registry import CONFIG_DIR, RECIPES
 
 # every `r1 fit` config (analysis configs such as safety_subspaces.yaml have no trainer section)
-CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "trainer" in (yaml.safe_load(p.read_text()) or {}))
+# trainer-only strategy fragments (strategies/) are composed with a recipe config by tests/test_strategies.py
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "strategies"
+                 and "trainer" in (yaml.safe_load(p.read_text()) or {}))
 
 
 def test_list_prints_every_recipe_with_paper_and_config(capsys):

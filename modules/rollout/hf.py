@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from modules.distributed import gathered_for_generation
 from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompt, repeat_columns
@@ -57,10 +58,11 @@ class HFGenerateEngine(RolloutEngine):
         chunk = self.generation_batch_size or prompt_ids.shape[0]
         outs = []
         try:
-            for i in range(0, prompt_ids.shape[0], chunk):
-                out = model.generate(input_ids=prompt_ids[i:i + chunk], attention_mask=prompt_mask[i:i + chunk],
-                                     **gen_kwargs)
-                outs.append(out[:, prompt_ids.shape[1]:])  # (n, T_i)
+            with gathered_for_generation(model):  # FSDP: gather the weights once, not per token
+                for i in range(0, prompt_ids.shape[0], chunk):
+                    out = model.generate(input_ids=prompt_ids[i:i + chunk], attention_mask=prompt_mask[i:i + chunk],
+                                         **gen_kwargs)
+                    outs.append(out[:, prompt_ids.shape[1]:])  # (n, T_i)
         finally:
             model.train(was_training)
         width = max(o.shape[1] for o in outs)

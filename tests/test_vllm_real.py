@@ -63,22 +63,39 @@ def test_vllm_matches_hf_generate_before_and_after_a_weight_push(peaked_model, t
         assert r["max_logp_diff"] < LOGP_TOL, (phase, r)
 
 
-def test_a_recipe_trains_two_steps_through_vllm(peaked_model, tmp_path):
+STRATEGIES = {"single": [], "ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp"],
+              "fsdp": ["--config", "recipes/configs/strategies/fsdp.yaml", "--trainer.devices", "2",
+                       "--trainer.strategy.init_args.process_group_backend", "gloo"]}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_a_recipe_trains_two_steps_through_vllm(peaked_model, tmp_path, strategy):
+    """2 steps of GRPO sampling with vLLM, on one process or 2 (DDP / FSDP2: an engine per rank). The reward varies
+    between samples, so step 0 moves the weights and step 1's samples come from the pushed weights: vLLM's log-probs
+    still match the trainer's."""
     from conftest import FAST
 
+    if strategy != "single" and torch.cuda.device_count() == 1:
+        pytest.skip("needs 2 processes: 2 GPUs, or a CPU")
+    device = [] if strategy == "single" or torch.cuda.is_available() else ["--trainer.accelerator", "cpu"]
     cmd = [sys.executable, "-m", "recipes.cli", "fit", "--config", "recipes/configs/grpo.yaml", *FAST,
-           "--model.model_name_or_path", str(peaked_model), "--model.rollout_engine", "vllm",
+           # the unscaled model: the peaked one samples (nearly) the same text every time, so no reward variance
+           "--model.model_name_or_path", str(peaked_model.parent / "base"), "--model.rollout_engine", "vllm",
            "--model.vllm.enforce_eager", "true", "--model.vllm.gpu_memory_utilization", "0.2",
+           "--model.rewards", '[{"name": "vllm_worker.variety_reward"}]', "--model.learning_rate", "1e-3",
            "--trainer.callbacks", "null", "--trainer.default_root_dir", str(tmp_path),
-           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600,
-                          cwd=WORKER.parents[1])
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+           *STRATEGIES[strategy], *device]
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(WORKER.parents[1]), str(WORKER.parent)]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=WORKER.parents[1])
     assert proc.returncode == 0, proc.stderr[-4000:]
     import pandas as pd
 
     metrics = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     train = metrics.dropna(subset=["train/reward"])
     assert train["step"].tolist() == [0, 1]
+    assert train["train/grad_norm"].iloc[0] > 0  # step 0 changed the weights that step 1 samples with
     assert (train["train/rollout_correction/logp_diff/max"] < LOGP_TOL).all()
     assert (train["train/rollout_correction/is_weight/max"] <= 2.0).all()
     assert train["train/time/weight_sync_s"].notna().all()

@@ -41,6 +41,11 @@ def compare(policy, engine, hf) -> dict:
             "rows": len(s), "tokens": int(mask.sum())}
 
 
+def variety_reward(prompts, completions, **kwargs) -> list[float]:
+    """Distinct characters per character: varies between a random model's samples, so every step moves the weights."""
+    return [len(set(c)) / max(1, len(c)) for c in completions]
+
+
 def main(scenario: str, model: str, out: str) -> None:
     lora = None if scenario == "full" else LoraSettings(r=8, alpha=16)
     policy = Policy.from_pretrained(model, lora=lora, quantization="4bit" if scenario == "qlora" else None)

@@ -191,6 +191,11 @@ class VLLMEngine(RolloutEngine):
         if s.weight_sync == "adapter":
             from vllm.lora.request import LoRARequest
 
+            from modules.distributed import is_sharded
+
+            if is_sharded(self.policy.model):
+                raise ValueError("model.vllm.weight_sync='adapter' under FSDP: each rank's engine needs the whole "
+                                 "adapter; use weight_sync 'merged' (gathered, then pushed)")
             if self._adapter_root is None:
                 self._adapter_root = tempfile.mkdtemp(prefix="r1-vllm-adapter-")
             self._version += 1
@@ -202,7 +207,10 @@ class VLLMEngine(RolloutEngine):
             # a new id per version: vLLM caches adapters by id
             self._lora_request = LoRARequest(f"policy-v{self._version}", self._version, path)
         else:
-            load_weights(llm, merged_named_weights(self.policy.model))
+            from modules.distributed import gathered_for_generation
+
+            with gathered_for_generation(self.policy.model):  # FSDP: whole weights on every rank, then resharded
+                load_weights(llm, merged_named_weights(self.policy.model))
             self._version += 1
         llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self._stale = False

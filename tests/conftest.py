@@ -23,6 +23,19 @@ FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--d
         "--trainer.enable_progress_bar", "false"]
 
 
+def run_rank_worker(worker: Path, model_dir, out_dir: Path, mode: str, devices: int, *extra: str) -> list[dict]:
+    """Run `worker` (tests/ddp_worker.py, fsdp_worker.py) on `devices` CPU processes; return each rank's saved dict."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(worker.parents[1])}
+    proc = subprocess.run([sys.executable, str(worker), str(model_dir), str(out_dir), mode, str(devices), *extra],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(devices)]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU")
 

@@ -3,23 +3,17 @@ the loss normalisation is global (rows and tokens averaged over ranks), not per 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_rank_worker
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
 def _run(model_dir, out_dir, loss_type, devices):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[1])}
-    proc = subprocess.run([sys.executable, str(WORKER), str(model_dir), str(out_dir), loss_type, str(devices)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(devices)]
+    return run_rank_worker(WORKER, model_dir, out_dir, loss_type, devices)
 
 
 @pytest.mark.slow

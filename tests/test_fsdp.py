@@ -5,24 +5,17 @@ under FSDP resumes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_rank_worker
 
 WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
 
 
 def _run(model_dir, out_dir, mode, devices, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(WORKER.parents[1])}
-    proc = subprocess.run([sys.executable, str(WORKER), str(model_dir), str(out_dir), mode, str(devices), *extra],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(devices)]
+    return run_rank_worker(WORKER, model_dir, out_dir, mode, devices, *extra)
 
 
 @pytest.mark.slow

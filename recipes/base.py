@@ -181,6 +181,7 @@ class RLRecipe(L.LightningModule):
         self.step_metrics: dict[str, float] = {}  # any hook may add metrics here; logged under train/ each step
         self._step_started = 0.0
         self._generation_time, self._generated_tokens = 0.0, 0.0
+        self._pi_old_parts: list[Tensor] | None = None  # see correct_rollout
 
     # ------------------------------------------------------------------ hooks a paper may override
     def build_rollout(self) -> RolloutEngine:
@@ -227,11 +228,15 @@ class RLRecipe(L.LightningModule):
         logps, entropy = self.policy.token_logps(
             micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_attention_mask,
             temperature=self.sampling.temperature, with_entropy=True, entropy_grad=bonus)  # (n, T), (n, T)
+        weights = micro.token_weights
+        if self._pi_old_parts is not None and micro.rollout_logps is not None:  # single pass: pi_old is this forward
+            self._pi_old_parts.append(logps.detach())
+            weights = self._rollout_weights(logps.detach(), micro)
         loss, metrics = policy_loss(
             logps, micro.old_logps, micro.advantages, micro.completion_mask, loss_type=hp.loss_type,
             epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, delta=hp.delta, ref_logps=micro.ref_logps,
             beta=hp.beta, kl_estimator=hp.kl_estimator, max_completion_length=self.sampling.max_new_tokens,
-            num_items_in_batch=mini_tokens, entropies=entropy.detach(), token_weights=micro.token_weights)
+            num_items_in_batch=mini_tokens, entropies=entropy.detach(), token_weights=weights)
         mask = micro.completion_mask.to(entropy.dtype)  # (n, T)
         # dapo already divides by the mini-batch token count; the others are means over this micro-batch.
         if hp.loss_type == "dapo":
@@ -254,6 +259,8 @@ class RLRecipe(L.LightningModule):
         if self.hparams.mask_truncated_completions:
             rollout.completion_mask = rollout.completion_mask * (~rollout.truncated).long()[:, None]
         train_metrics = self.optimise(rollout)
+        if self._pi_old_parts is not None:
+            self._finish_rollout_correction(rollout)
         self.rollout_engine.sync_weights()  # a separate engine (vLLM) samples the next batch with the new weights
         self.last_rollout = rollout
         self.on_step_end(rollout)
@@ -323,23 +330,50 @@ class RLRecipe(L.LightningModule):
     def correct_rollout(self, rollout: RolloutBatch) -> None:
         """When another engine sampled the batch (vLLM), weight each token by pi_old / mu (`objectives.tis`).
 
-        The trainer's own log-probs become `old_logps` (the ratio's base, as TRL does), the importance weights
-        `token_weights`; the mismatch is logged in every mode, including `off`.
+        pi_old is the trainer's log-prob of the token under the weights the engine sampled with. When the batch is
+        used in a single pass (num_iterations = steps_per_generation = 1) those are the weights of the training
+        forward itself, so `loss` takes its detached log-probs and no extra forward runs (TRL and veRL run one);
+        otherwise they are computed here and become `old_logps`, the ratio's base. The mismatch is logged in every
+        mode, including `off`.
         """
         if rollout.rollout_logps is None:
             return
-        settings, mask = self.rollout_correction, rollout.completion_mask
+        hp = self.hparams
+        if rollout.old_logps is None and hp.num_iterations * hp.steps_per_generation == 1:
+            self._pi_old_parts = []  # filled by `loss`, one micro-batch at a time, in row order
+            return
         if rollout.old_logps is None:
-            rollout.old_logps, _ = self.policy.token_logps(
-                rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_attention_mask,
-                temperature=self.sampling.temperature, micro_batch_size=self.hparams.micro_batch_size)
-        weights = None
-        if settings.mode != "off":
-            weights = rollout_importance_weights(rollout.old_logps, rollout.rollout_logps, mask, mode=settings.mode,
-                                                 clip_max=settings.clip_max, clip_min=settings.clip_min)
-            rollout.token_weights = weights.expand(mask.shape).contiguous()  # (N, T), also for sequence modes
-        metrics = rollout_mismatch_metrics(rollout.old_logps, rollout.rollout_logps, mask, weights)
+            rollout.old_logps = self._trainer_logps(rollout)
+        rollout.token_weights = self._rollout_weights(rollout.old_logps, rollout)
+        self._log_rollout_mismatch(rollout, rollout.old_logps, rollout.token_weights)
+
+    def _trainer_logps(self, rollout: RolloutBatch) -> Tensor:
+        logps, _ = self.policy.token_logps(
+            rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_attention_mask,
+            temperature=self.sampling.temperature, micro_batch_size=self.hparams.micro_batch_size)
+        return logps
+
+    def _rollout_weights(self, old_logps: Tensor, rollout: RolloutBatch) -> Tensor | None:
+        """(N, T) importance weights (sequence modes broadcast over the row), or None when the correction is off."""
+        s, mask = self.rollout_correction, rollout.completion_mask
+        if s.mode == "off":
+            return None
+        weights = rollout_importance_weights(old_logps, rollout.rollout_logps, mask, mode=s.mode,
+                                             clip_max=s.clip_max, clip_min=s.clip_min)
+        return weights.expand(mask.shape).contiguous()
+
+    def _log_rollout_mismatch(self, rollout: RolloutBatch, old_logps: Tensor, weights: Tensor | None) -> None:
+        if weights is not None and self.rollout_correction.mode.startswith("sequence"):
+            weights = weights[:, :1]  # one weight per row
+        metrics = rollout_mismatch_metrics(old_logps, rollout.rollout_logps, rollout.completion_mask, weights)
         self.step_metrics.update({f"rollout_correction/{k}": v for k, v in metrics.items()})
+
+    @torch.no_grad()
+    def _finish_rollout_correction(self, rollout: RolloutBatch) -> None:
+        """After a single pass: the mismatch over the whole batch from the log-probs the training forwards gave."""
+        parts, self._pi_old_parts = self._pi_old_parts, None
+        old = torch.cat(parts) if parts else self._trainer_logps(rollout)  # no parts: the backward was skipped
+        self._log_rollout_mismatch(rollout, old, self._rollout_weights(old, rollout))
 
     def optimise(self, rollout: RolloutBatch) -> dict[str, float]:
         hp = self.hparams

@@ -176,3 +176,23 @@ def test_the_vllm_fragment_composes_with_a_recipe_config(capsys):
     assert args["rollout_engine"] == "vllm" and args["vllm"]["weight_sync"] == "merged"
     assert args["rollout_correction"] == {"mode": "token_truncate", "clip_max": 2.0, "clip_min": None}
     assert args["beta"] == 0.04  # grpo.yaml's own settings are kept
+
+
+def test_a_single_pass_takes_pi_old_from_the_training_forward(fit_metrics, monkeypatch):
+    """num_iterations = steps_per_generation = 1: the importance weights use the loss forward's own log-probs, so no
+    extra no-grad forward of the policy runs (the step's weights are those vLLM sampled with)."""
+    fake_vllm.install(monkeypatch)
+    extra_forwards = []
+    original = Policy.token_logps
+
+    def counting(self, *args, model=None, **kwargs):
+        if model is None and not torch.is_grad_enabled():
+            extra_forwards.append(1)
+        return original(self, *args, model=model, **kwargs)
+
+    monkeypatch.setattr(Policy, "token_logps", counting)
+    _, train = fit_metrics("recipes/configs/grpo.yaml", "--model.rollout_engine", "vllm",
+                           "--model.skip_zero_signal_steps", "false", "--trainer.callbacks", "null")
+    assert not extra_forwards
+    assert (train["train/rollout_correction/logp_diff/max"] < 1e-3).all()
+    assert (train["train/rollout_correction/is_weight/max"] <= 2.0).all()

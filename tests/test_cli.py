@@ -51,6 +51,14 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("name", ["dapo", "dr_grpo", "rloo"])
+def test_loop_configs_train_two_steps(fit_metrics, name):
+    """The configs that are the shared loop with other settings (no recipe test file of their own) really train:
+    their rewards match their task's columns (dapo.yaml once scored countdown with the `accuracy` reward)."""
+    _, train = fit_metrics(CONFIG_DIR / f"{name}.yaml", "--trainer.callbacks", "null")
+    assert "train/accuracy" in train and train["train/loss"].notna().all()
+
+
 @pytest.mark.parametrize("override, expected", [
     (["--model.no_such_key", "3"], "no_such_key"),
     (["--model.learning_rate", "abc"], "model.learning_rate"),

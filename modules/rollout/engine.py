@@ -70,6 +70,18 @@ def render_prompt(tokenizer, prompt: Any, *, system_prompt: str | None = None, c
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def render_prompts(tokenizer, prompts: list[Any], system_prompts: list[str | None], chat_template: str = "auto"
+                   ) -> tuple[list[str], bool]:
+    """(texts, add_special_tokens): every engine tokenizes these texts with that flag, so they all see the same ids.
+
+    A chat template already writes BOS and role tokens; raw text gets the tokenizer's special tokens.
+    """
+    texts = [render_prompt(tokenizer, p, system_prompt=s, chat_template=chat_template)
+             for p, s in zip(prompts, system_prompts)]
+    templated = chat_template != "never" and getattr(tokenizer, "chat_template", None) is not None
+    return texts, not templated
+
+
 def repeat_columns(columns: dict[str, list[Any]], times: int) -> dict[str, list[Any]]:
     """Each value repeated `times` times in place (B -> B * times, groups adjacent)."""
     return {k: [v for v in values for _ in range(times)] for k, values in columns.items()}

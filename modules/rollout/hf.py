@@ -10,7 +10,7 @@ import torch
 from modules.distributed import gathered_for_generation
 from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
-from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompt, repeat_columns
+from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompts, repeat_columns
 
 
 class HFGenerateEngine(RolloutEngine):
@@ -28,12 +28,8 @@ class HFGenerateEngine(RolloutEngine):
 
     def encode_prompts(self, prompts: list[Any], system_prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.policy.tokenizer
-        texts = [render_prompt(tok, p, system_prompt=s, chat_template=self.sampling.chat_template)
-                 for p, s in zip(prompts, system_prompts)]
-        templated = self.sampling.chat_template != "never" and getattr(tok, "chat_template", None) is not None
-        # A chat template already writes BOS and role tokens; raw text gets the tokenizer's special tokens.
-        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left",
-                  add_special_tokens=not templated)
+        texts, special = render_prompts(tok, prompts, system_prompts, self.sampling.chat_template)
+        enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
         return enc["input_ids"], enc["attention_mask"]
 
     @torch.no_grad()

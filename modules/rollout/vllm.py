@@ -36,7 +36,7 @@ import torch
 
 from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
-from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompt, repeat_columns
+from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompts, repeat_columns
 from modules.rollout.weights import merged_named_weights
 
 WEIGHT_SYNC_MODES = ("merged", "adapter")
@@ -227,10 +227,8 @@ class VLLMEngine(RolloutEngine):
     def encode_prompts(self, prompts: list[Any], system_prompts: list[str | None]) -> list[list[int]]:
         """Token ids of each rendered prompt, exactly as `HFGenerateEngine.encode_prompts` makes them."""
         tok = self.policy.tokenizer
-        texts = [render_prompt(tok, p, system_prompt=sp, chat_template=self.sampling.chat_template)
-                 for p, sp in zip(prompts, system_prompts)]
-        templated = self.sampling.chat_template != "never" and getattr(tok, "chat_template", None) is not None
-        return [tok(t, add_special_tokens=not templated)["input_ids"] for t in texts]
+        texts, special = render_prompts(tok, prompts, system_prompts, self.sampling.chat_template)
+        return [tok(t, add_special_tokens=special)["input_ids"] for t in texts]
 
     def sampling_params(self, n: int, *, greedy: bool):
         from vllm import SamplingParams

@@ -40,7 +40,7 @@ from modules.rewards import RewardSet, RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
-from modules.rollout.vllm import VLLMSettings
+from modules.rollout.vllm import VLLMEngine, VLLMSettings
 
 ROLLOUT_ENGINES = ("hf", "vllm")
 
@@ -174,7 +174,7 @@ class RLRecipe(L.LightningModule):
                                              gradient_checkpointing=gradient_checkpointing, reference=reference)
         self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self.rollout_engine = self.build_rollout()
-        if rollout_engine == "vllm" and not _is_vllm(self.rollout_engine):
+        if rollout_engine == "vllm" and not isinstance(self.rollout_engine, VLLMEngine):
             raise RecipeConfigError(f"model.rollout_engine=vllm: {type(self).__name__} builds its own rollout engine "
                                     f"({type(self.rollout_engine).__name__}), which vLLM cannot replace; use hf")
         self.last_rollout: RolloutBatch | None = None
@@ -187,8 +187,6 @@ class RLRecipe(L.LightningModule):
     def build_rollout(self) -> RolloutEngine:
         """The rollout engine: HF generate, or a colocated vLLM engine (`rollout_engine: vllm`)."""
         if self.rollout_engine_name == "vllm":
-            from modules.rollout.vllm import VLLMEngine
-
             try:
                 return VLLMEngine(self.policy, self.sampling, self.vllm_settings)
             except (ValueError, ImportError) as err:  # a bad vllm.* setting or no vLLM: a one-line config error
@@ -597,12 +595,6 @@ def _keep_informative(rollout: RolloutBatch, g: int) -> RolloutBatch:
     flat = zero_variance_groups(rollout.rewards, g)  # (B,)
     rows = (~flat).repeat_interleave(g)  # (N,)
     return rollout.select(rows)
-
-
-def _is_vllm(engine: RolloutEngine) -> bool:
-    from modules.rollout.vllm import VLLMEngine
-
-    return isinstance(engine, VLLMEngine)
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

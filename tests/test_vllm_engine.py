@@ -196,3 +196,14 @@ def test_a_single_pass_takes_pi_old_from_the_training_forward(fit_metrics, monke
     assert not extra_forwards
     assert (train["train/rollout_correction/logp_diff/max"] < 1e-3).all()
     assert (train["train/rollout_correction/is_weight/max"] <= 2.0).all()
+
+
+def test_a_recipe_with_its_own_engine_refuses_vllm_by_name(tiny_model_path, monkeypatch, capsys):
+    from conftest import FAST
+    from recipes.cli import main
+
+    fake_vllm.install(monkeypatch)
+    code = main(["fit", "--config", "recipes/configs/stepsearch.yaml", *FAST, "--model.model_name_or_path",
+                 str(tiny_model_path), "--model.rollout_engine", "vllm"])
+    assert code == 2
+    assert "StepSearch builds its own rollout engine (MultiTurnToolEngine)" in capsys.readouterr().err

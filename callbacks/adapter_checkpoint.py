@@ -52,7 +52,7 @@ class AdapterCheckpoint(L.Callback):
             self._save(trainer, pl_module, "final")
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        from modules.distributed import is_sharded
+        from modules.sharded import is_sharded
 
         if trainer.is_global_zero or is_sharded(pl_module.policy.model):  # FSDP: a collective, rank 0 writes
             path = Path(pl_module.policy.save_pretrained(self.dirpath / name))

@@ -7,10 +7,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.periodic import PeriodicEvaluation
-from modules.objectives.hgpo import NO_THINK, THINK, hybrid_accuracy
+from modules.papers.hgpo.objectives import NO_THINK, THINK, hybrid_accuracy
+from modules.papers.hgpo.rollout import choose_modes, forced_mode_rollout, tag_token_ids
+from modules.rollout.engine import split_rows
 from modules.rollout.hf import HFGenerateEngine
-from recipes.base import split_rows
-from recipes.hgpo import choose_modes, forced_mode_rollout, tag_token_ids
 
 
 class HybridAccuracy(PeriodicEvaluation):

@@ -19,21 +19,18 @@ direct calls above would see sharded root weights, and it needs CUDA.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
-from typing import Any, Iterator
 
-import torch
-from lightning.fabric.utilities.distributed import _distributed_is_initialized
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from modules.policy import Policy, PolicyConfigError
+from modules.sharded import full_state_dict, gathered_for_generation, is_main_process, is_sharded
 
 try:  # torch >= 2.6 exports FSDP2 here
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import fully_shard
 except ImportError:  # pragma: no cover - older torch
-    from torch.distributed._composable.fsdp import FSDPModule, fully_shard  # type: ignore[no-redef]
+    from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
 
 _DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -69,11 +66,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         # ModelParallelStrategy's "auto" is one data-parallel rank per node; here every process is one.
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True when `model` (or a submodule) is an FSDP2 `fully_shard` module."""
-    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def shard_policy(policy: Policy, mesh, *, reshard_after_forward: bool = True) -> nn.Module:
@@ -134,38 +126,6 @@ def configure_sharding(recipe) -> None:
         raise ShardingError(f"{type(recipe).__name__} trains parameters outside the policy's model "
                             f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}), which FSDP does not "
                             "shard; use trainer.strategy=ddp (--config recipes/configs/strategies/ddp.yaml)")
-
-
-@contextlib.contextmanager
-def gathered_for_generation(model: nn.Module) -> Iterator[None]:
-    """Hold the whole model on every rank (one all-gather per FSDP unit) while generating, instead of one per unit
-    and token; nothing happens unless `model` is sharded. A collective: every rank must enter it.
-    """
-    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    if not modules:
-        yield
-        return
-    for m in modules:
-        m.set_reshard_after_forward(False, recurse=False)
-        m.unshard()
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.reshard()
-            m.set_reshard_after_forward(getattr(m, "_r1_reshard_after_forward", True), recurse=False)
-
-
-def full_state_dict(model: nn.Module) -> dict[str, Any]:
-    """The full (unsharded) state dict of a sharded `model` on CPU, on rank 0 (other ranks: {}). A collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def is_main_process() -> bool:
-    """Global rank 0 (True when not distributed)."""
-    return not _distributed_is_initialized() or torch.distributed.get_rank() == 0
 
 
 __all__ = ["FSDP2Strategy", "ShardingError", "configure_sharding", "full_state_dict", "gathered_for_generation",

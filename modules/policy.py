@@ -252,7 +252,7 @@ class Policy(nn.Module):
 
     def _gathered_state_dict(self) -> dict | None:
         """None (the model saves its own weights), or under FSDP the gathered full weights ({} off rank 0)."""
-        from modules.distributed import full_state_dict, is_sharded
+        from modules.sharded import full_state_dict, is_sharded
 
         return full_state_dict(self.model) if is_sharded(self.model) else None
 

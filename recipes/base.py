@@ -38,7 +38,7 @@ from modules.optim import LR_SCHEDULES, lr_factor
 from modules.policy import LoraSettings, Policy
 from modules.rewards import RewardSet, RewardSpec
 from modules.rollout.batch import RolloutBatch
-from modules.rollout.engine import RolloutEngine, SamplingSettings
+from modules.rollout.engine import RolloutEngine, SamplingSettings, split_rows
 from modules.rollout.hf import HFGenerateEngine
 from modules.rollout.vllm import VLLMEngine, VLLMSettings
 
@@ -577,18 +577,6 @@ def _plain(value: Any) -> Any:
     if callable(value):
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
     return value
-
-
-def split_rows(rows: list[dict]) -> tuple[list[Any], dict[str, list[Any]]]:
-    """[{prompt, answer, ...}] -> (prompts, {answer: [...], ...})."""
-    if not rows:
-        raise ValueError("empty batch of prompts")
-    for i, row in enumerate(rows):
-        if "prompt" not in row:
-            raise ValueError(f"row {i} has no 'prompt' field (fields: {sorted(row)}); "
-                             "set data.prompt_column or data.template")
-    keys = [k for k in rows[0] if k != "prompt"]
-    return [r["prompt"] for r in rows], {k: [r.get(k) for r in rows] for k in keys}
 
 
 def _keep_informative(rollout: RolloutBatch, g: int) -> RolloutBatch:

@@ -2,7 +2,7 @@
 2505.15074, EMNLP Findings 2025; spec section 12, built from the released code since the paper text was not
 available).
 
-Implemented (the maths is in `modules.rewards.disco`):
+Implemented (the maths is in `modules.papers.disco.rewards`):
 
 - `score`: the base correctness reward r (`accuracy_reward`, default `domain_correct`: one 0/1 rule per domain)
   becomes r~ = r * w_dom(d) * w_diff with w_dom = ln(1 + 1/p_d) computed at fit start from the domain mix of the
@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from modules.rewards.disco import (
+from modules.papers.disco.rewards import (
     DIFFICULTY_FORMS,
     DOMAIN_WEIGHT_FORMS,
     SELF_CONSISTENCY,

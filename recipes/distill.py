@@ -2,7 +2,7 @@
 
 No RL. The student is fine-tuned (`recipes.sft.SFT`: cross-entropy on the final assistant response only) on
 (prompt, teacher response) rows that pass verification. At `setup` the training rows are filtered
-(`modules.distill`), and per-teacher statistics are printed, logged under `data/<teacher>/...`, written to
+(`modules.papers.distill.filters`), and per-teacher statistics are printed, logged under `data/<teacher>/...`, written to
 `<log_dir>/dataset_stats.json` (dropped rows with their reasons go to `dropped_rows.jsonl`) and recorded for a
 pipeline stage (`stage_outputs["dataset_stats"]`). `compare` turns several such runs into the paper-style table.
 
@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
-from modules.distill import (combine, comparison_rows, comparison_table, even_turns_filter, length_filter,
+from modules.papers.distill.filters import (combine, comparison_rows, comparison_table, even_turns_filter, length_filter,
                              ngram_repetition_filter, perplexity_filter, stats_table, teacher_stats,
                              think_answer_filter, verify_filter)
 from modules.policy import Policy
@@ -241,7 +241,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def compare(stage_dir: Path, model_path: str, *, students: list[str], metric: str = "eval/accuracy") -> dict[str, Any]:
-    """Pipeline step (`recipes.stages`): the paper-style table over finished student stages.
+    """Pipeline step (`recipes.cli.stages`): the paper-style table over finished student stages.
 
     Reads each student stage's `DONE.json` (its `dataset_stats` and final `metrics[metric]`), prints the table
     and writes `comparison.csv` and `comparison.json` into `stage_dir`. Returns {"model_path", "table_csv",
@@ -249,7 +249,7 @@ def compare(stage_dir: Path, model_path: str, *, students: list[str], metric: st
     """
     from rich.console import Console
 
-    from recipes.stages import read_done
+    from recipes.cli.stages import read_done
 
     runs = {}
     for name in students:

@@ -5,8 +5,8 @@ Implemented:
 
 - Stage 0, at fit start when no reward model is saved at `reward_model_path` yet (or `retrain_reward_model`):
   synthetic sessions with only a session score R_GE are decomposed into agent-turn rewards r_hat_t by the
-  configured `Decomposer` (`modules.geli.decompose`; rescaled so they aggregate to R_GE), and the lightweight
-  reward model r_theta(history, turn) (frozen sentence encoder + MLP head, `modules.geli.reward_model`) is
+  configured `Decomposer` (`modules.papers.geli.decompose`; rescaled so they aggregate to R_GE), and the lightweight
+  reward model r_theta(history, turn) (frozen sentence encoder + MLP head, `modules.papers.geli.reward_model`) is
   distilled from them with MSE (+ the optional global-consistency term), early-stopped on held-out sessions and
   saved. Rank 0 trains; every rank then loads it.
 - Stage 1: RL of the dialogue policy (the shared GRPO loop, policy writes the next agent turn of a chat history)
@@ -38,8 +38,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.tasks.dialogues import make_dialogue_sessions, turn_quality
-from modules.geli.decompose import DecomposerSettings, build_decomposer
-from modules.geli.reward_model import (
+from modules.papers.geli.decompose import DecomposerSettings, build_decomposer
+from modules.papers.geli.reward_model import (
     METRICS_FILE,
     RewardModelSettings,
     TurnRewardModel,

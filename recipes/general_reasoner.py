@@ -3,7 +3,7 @@
 
 Implemented:
 
-- The `general_verifier` reward (`modules.rewards.general_reasoner`): answer extraction (last ``\\boxed{}``, then
+- The `general_verifier` reward (`modules.papers.general_reasoner.rewards`): answer extraction (last ``\\boxed{}``, then
   "Final Answer:" / "The answer is:" / "Answer:" / ... up to the newline); no answer -> -0.5; the verifier's
   "Final Decision: Yes" -> 1 − 0.05·min(10, |ntok(answer) − ntok(gold)|) with ntok from the policy's tokenizer
   (passed by this recipe), else 0.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.rewards.general_reasoner import general_verifier_step_metrics
+from modules.papers.general_reasoner.rewards import general_verifier_step_metrics
 from modules.rollout.batch import RolloutBatch
 from modules.verifiers import VerifierSettings
 from recipes.verified import VerifiedRecipe

@@ -3,7 +3,7 @@
 
 Not RL: supervised instruction tuning (`recipes.sft.SFT`, loss on the answer only) of a LoRA policy that answers
 "Yes / No / Unsure" about a temporal-KG query and explains why. The graph structure enters as a soft prefix token:
-`modules.graph_prefix` pools the query and reasoning-chain quads into mean(concat(e_s, e_r, e_o)) (3d), a linear
+`modules.papers.geter.graph_prefix` pools the query and reasoning-chain quads into mean(concat(e_s, e_r, e_o)) (3d), a linear
 projector maps it to the LM hidden size, and the result is spliced before the prompt embeddings (mask 1, label
 -100). The projector (and the encoder when `train_encoder`) trains jointly with the LoRA adapter; both are
 trainable parameters, so `RLRecipe.on_save_checkpoint` keeps them in checkpoints. Held-out generation uses the same
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modules.graph_prefix import (LABELS, GraphPrefixProjector, PrefixGenerateEngine, TemporalKGEncoder,
+from modules.papers.geter.graph_prefix import (LABELS, GraphPrefixProjector, PrefixGenerateEngine, TemporalKGEncoder,
                                   collate_graph, explanation_scores, parse_answer, splice_prefix)
 from modules.rewards import RewardSpec
 from modules.rollout.batch import RolloutBatch

@@ -6,7 +6,7 @@ Implemented:
   `think_tag` and as many forced to `no_think_tag` (`forced_mode_rollout`). The forced tag is part of the
   completion and trained (completion_mask = 1): the inter-group advantage lands on it.
 - Rewards from the configured reward functions (rule-based `hybrid_correct`; `toy_chat_rm` for chat rows), then the
-  inter-group reward with margin `mode_delta` and the intra-group reward (`modules.objectives.hgpo.hgpo_rewards`,
+  inter-group reward with margin `mode_delta` and the intra-group reward (`modules.papers.hgpo.objectives.hgpo_rewards`,
   paper Eqs. 5-9), and per-token advantages `A_t = GRPO(r_intra) + 1[o_t = mode token] * alpha * GRPO(r_inter)`
   (`hgpo_advantages`, Eq. 10) fed to the shared PPO-clip loss (epsilon 0.5) with the k3 KL (beta 0.001).
 - Logs train/hgpo/think_rate and no_mode_rate (the model's own free choice on the step's prompts: a few tokens
@@ -26,77 +26,21 @@ which tokens are "the mode token" when a tag is several tokens (`mode_token`); t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-import modules.rewards.hybrid  # noqa: F401  (registers hybrid_correct and toy_chat_rm)
-from modules.objectives.hgpo import NO_THINK, NORMS, THINK, TIE_RULES, hgpo_advantages, hgpo_rewards, mode_token_mask
-from modules.rewards.hybrid import closing_tag, parse_mode
+import modules.papers.hgpo.rewards  # noqa: F401  (registers hybrid_correct and toy_chat_rm)
+from modules.papers.hgpo.rollout import (MODE_COLUMN, MODE_TOKENS, choose_modes, forced_mode_rollout, mode_token_span,
+                                       tag_token_ids)
+from modules.papers.hgpo.objectives import NO_THINK, NORMS, THINK, TIE_RULES, hgpo_advantages, hgpo_rewards, mode_token_mask
+from modules.papers.hgpo.rewards import closing_tag
 from modules.rollout.batch import RolloutBatch
-from modules.rollout.engine import SamplingSettings, repeat_columns
+from modules.rollout.engine import SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
-from modules.rollout.prefix import generate_with_prefix
 from recipes.base import RecipeConfigError, RLRecipe, split_rows
 
-MODE_COLUMN = "hgpo_mode"  # per-row forced mode ("think" / "no_think"); reward functions see it too
-MODE_TOKENS = ("first_divergent", "tag")
-
-
-def tag_token_ids(tokenizer, think_tag: str, no_think_tag: str) -> dict[str, list[int]]:
-    """{"think": ids, "no_think": ids} of the two tags as the forced completion prefixes."""
-    return {THINK: list(tokenizer(think_tag, add_special_tokens=False)["input_ids"]),
-            NO_THINK: list(tokenizer(no_think_tag, add_special_tokens=False)["input_ids"])}
-
-
-def mode_token_span(prefixes: dict[str, list[int]], how: str = "first_divergent") -> dict[str, tuple[int, int]]:
-    """{mode: (start, length)} of the mode token inside each forced prefix: `tag` = every token of the tag;
-    `first_divergent` = the one token where the two tags' tokenisations first differ (the token that decides the
-    mode; the whole tag when each tag is a single token, as in the paper).
-
-    >>> mode_token_span({"think": [5, 7, 9], "no_think": [5, 8, 6, 9]})
-    {'think': (1, 1), 'no_think': (1, 1)}
-    """
-    if how == "tag":
-        return {m: (0, len(ids)) for m, ids in prefixes.items()}
-    a, b = prefixes[THINK], prefixes[NO_THINK]
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return {THINK: (i, 1), NO_THINK: (i, 1)}
-    raise ValueError(f"the tags' token ids {a} and {b} do not differ before one of them ends; use tags that are not "
-                     "token prefixes of each other")
-
-
-def forced_mode_rollout(engine: HFGenerateEngine, prompts: list[Any], columns: dict[str, list[Any]],
-                        prefixes: dict[str, list[int]], per_mode: int, *, greedy: bool = False
-                        ) -> tuple[RolloutBatch, dict[str, float]]:
-    """B adjacent groups (ids 0..B-1) of `per_mode` responses forced to start with the think prefix, then
-    `per_mode` forced to start with the no-think prefix; the prefix tokens are trained (completion_mask = 1) and
-    each row's mode is in `columns[MODE_COLUMN]`. Returns (batch, generation stats)."""
-    b, g = len(prompts), 2 * per_mode
-    modes = [THINK] * per_mode + [NO_THINK] * per_mode
-    batch, stats = generate_with_prefix(engine, [p for p in prompts for _ in range(g)], repeat_columns(columns, g),
-                                        [prefixes[m] for _ in range(b) for m in modes], train_prefix=True,
-                                        greedy=greedy)
-    batch.group_ids = torch.arange(b, device=batch.group_ids.device).repeat_interleave(g)  # (B * G,)
-    batch.columns[MODE_COLUMN] = modes * b
-    return batch, stats
-
-
-@torch.no_grad()
-def choose_modes(engine: HFGenerateEngine, prompts: list[Any], columns: dict[str, list[Any]], think_tag: str,
-                 no_think_tag: str, *, max_new_tokens: int, greedy: bool = False) -> list[str | None]:
-    """The mode each prompt's free (unforced) response opens with: "think", "no_think" or None (neither tag).
-    Only the first `max_new_tokens` tokens are generated, enough to read the tag."""
-    sampling = engine.sampling
-    engine.sampling = dataclasses.replace(sampling, max_new_tokens=max_new_tokens, stop=None)
-    try:
-        batch = engine.generate(prompts, columns, num_generations=1, greedy=greedy)
-    finally:
-        engine.sampling = sampling
-    return [parse_mode(text, think_tag, no_think_tag) for text in batch.completions]
 
 
 class HGPO(RLRecipe):

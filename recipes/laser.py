@@ -1,7 +1,7 @@
 """LASER / LASER-D / LASER-DE — adaptive length-based reward shaping (Liu, Zhou, ..., He; arXiv 2505.15612,
 ICLR 2026; spec section 8, built from the released verl code since the paper text was not available).
 
-Implemented (the maths is in `modules.rewards.laser`):
+Implemented (the maths is in `modules.papers.laser.rewards`):
 
 - Rewards `laser` (step reward: C + alpha for a correct answer of at most L_T tokens), `laser_d` (the target of the
   prompt's difficulty bucket, easy/medium/hard from the group accuracy in the batch) and `laser_de` (plus alpha for
@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from modules.rewards import RewardSpec
-from modules.rewards.laser import (BUCKETS, CORRECT, NO_ANSWER, ROUND_METHODS, coverage_counts, length_thresholds,
+from modules.papers.laser.rewards import (BUCKETS, CORRECT, NO_ANSWER, ROUND_METHODS, coverage_counts, length_thresholds,
                                    monitor_buckets, targets_from_coverage)
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings

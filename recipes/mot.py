@@ -1,9 +1,9 @@
 """Mixture-of-Thought (MoT; Zheng, Chen, Han, McCoy, Huang; arXiv 2505.15817): self-evolving training over three
-reasoning modalities and majority-vote inference, as pipeline stages (`recipes.stages`, `r1 run`).
+reasoning modalities and majority-vote inference, as pipeline stages (`recipes.cli.stages`, `r1 run`).
 
 One self-evolving round (`self_evolve_round`, a call stage): sample k rationales per (problem, modality) with the
 current model (`modules.rollout.hf.HFGenerateEngine`), keep those with a correct final answer AND a valid modality
-format (`modules.mot.filter_rationales`, R = 1[answer = gold] · 1[format_ok]), merge them into the MoT SFT set
+format (`modules.papers.mot.modalities.filter_rationales`, R = 1[answer = gold] · 1[format_ok]), merge them into the MoT SFT set
 (JSONL in the stage directory); the next stage fine-tunes on it with the one SFT LightningModule
 (`recipes.sft.SFT`, `recipes/configs/mot_sft.yaml`). `recipes/pipelines/mot.yaml` chains round 0 (few-shot
 sampling) -> SFT -> round 1 (zero-shot) -> SFT -> `evaluate_stage` (every modality greedy + the all-modality vote).
@@ -18,7 +18,7 @@ for a small CPU model that writes no correct, well-formed rationale of its own).
 [unverified], so options: the number of rounds (add round/SFT stage pairs), which checkpoint each round's SFT
 starts from (`restart_from_base`), whether rounds accumulate earlier rounds' data (`accumulate`), k and the
 tie-break order (`priority`). Code rationales are never run in-process; `execute_code` runs them in
-`modules.mot.run_code_sandboxed` (off by default: the paper does not execute code).
+`modules.papers.mot.modalities.run_code_sandboxed` (off by default: the paper does not execute code).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from datamodules.tasks.logic import make_logic
-from modules.mot import (DEFAULT_PRIORITY, MODALITIES, build_prompt, check_format, clean_completion, extract_answer,
-                         few_shot_examples, filter_rationales, majority_vote, oracle_rationale)
+from datamodules.tasks.logic import few_shot_examples, make_logic
+from modules.papers.mot.modalities import (DEFAULT_PRIORITY, MODALITIES, build_prompt, check_format, clean_completion, extract_answer,
+                         filter_rationales, majority_vote, oracle_rationale)
 from modules.rollout.engine import SamplingSettings
 from recipes.base import RecipeConfigError
 
@@ -135,7 +135,7 @@ def self_evolve_round(stage_dir: Path, model_path: str, *, round_index: int = 0,
             model that sampled this round (false); returned as `model_path`.
         base_model: The base model (default: `model_path`, right for round 0; later rounds pass
             "${stages.round0.base_model}").
-        oracle_rows: Also add this many oracle-written rationales (`modules.mot.oracle_rationale`, cycling over
+        oracle_rows: Also add this many oracle-written rationales (`modules.papers.mot.modalities.oracle_rationale`, cycling over
             problems and modalities) — a documented substitute for a model too small to write any; 0 = off.
         verify: Check truth tables row by row and code arguments against the problem's formulas.
         execute_code: Also run code rationales in the sandbox and require their printed answer to match.

@@ -1,7 +1,7 @@
 """NOVER — verifier-free incentive training (Liu, Qi, Wang, Qian, Du, He; arXiv 2505.16022, EMNLP 2025; spec
 section 1, built from the paper's project page and the authors' code, which has no license: clean-room).
 
-Implemented (the maths is in `modules.rewards.nover`, the proxy in `modules.proxy`):
+Implemented (the maths is in `modules.papers.nover.rewards`, the proxy in `modules.papers.nover.proxy`):
 
 - `reward_kwargs`: for each format-valid rollout, the proxy model scores the reference answer g (dataset column
   `answer_column`) as ``"\\n<answer>\\n{g}\\n</answer>"`` after the prompt's tokens and
@@ -12,7 +12,7 @@ Implemented (the maths is in `modules.rewards.nover`, the proxy in `modules.prox
   rollouts, efficiency R_e (shorter and lower perplexity than siblings). Invalid rollouts get R_r = R_e = 0, which
   is the gate of R = w_f R_f + 1[R_f = 1](w_r R_r + w_e R_e). Extra functions in `rewards` are added to the total
   with their weights (the shipped config adds exact-match `accuracy` with weight 0, a logged diagnostic only).
-- Policy-as-proxy (`modules.proxy.ProxyModel`): a second LoRA adapter (or a frozen copy for a full fine-tune)
+- Policy-as-proxy (`modules.papers.nover.proxy.ProxyModel`): a second LoRA adapter (or a frozen copy for a full fine-tune)
   that starts equal to the policy and is mixed theta_proxy <- 0.9 theta_proxy + 0.1 theta_policy every
   `proxy_update_every` steps (`on_step_end`); it is also the KL reference (`prepare_logps`). Its weights are saved
   in the Lightning checkpoint under ``nover_proxy`` (a full model for a full fine-tune); `save_pretrained` of a
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from modules.proxy import ProxyModel
+from modules.papers.nover.proxy import ProxyModel
 from modules.rewards import RewardSet, RewardSpec
-from modules.rewards.nover import parse_think_answer, reasoning_perplexity, scoring_ids, target_token_logps
+from modules.papers.nover.rewards import parse_think_answer, reasoning_perplexity, scoring_ids, target_token_logps
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
 from recipes.base import RecipeConfigError, RLRecipe

@@ -2,7 +2,7 @@
 
 What is implemented (spec 19):
 - the RL algorithm is plain GRPO, unchanged (19 (c)); only the *prior prompt* varies, one of five strategies
-  (`modules.prompts.prior.STRATEGIES`: think, plan, code, knowledge, examples), each with its own tag (19 (a));
+  (`modules.papers.ppe.prior.STRATEGIES`: think, plan, code, knowledge, examples), each with its own tag (19 (a));
 - `PriorPromptDataModule`: a `PromptDataModule` whose `strategy` sets the system prompt (the strategy's
   instruction) and adds a `prior_tag` column, so the format reward checks the tag the prompt asked for;
 - rewards (19 (b)): `exact_structure` (one `<x>...</x>` then one `<answer>...</answer>`, nothing else) at 0.5 and
@@ -14,7 +14,7 @@ What is implemented (spec 19):
 Documented substitutes: synthetic arithmetic instead of STILLv3, SmolLM2-135M-Instruct + LoRA instead of
 Qwen2.5-7B, our own instruction wording (the paper's is NOT FOUND), the instruction given as a system prompt.
 
-[unverified] and therefore options: the prompt wording (`modules.prompts.prior`; override with
+[unverified] and therefore options: the prompt wording (`modules.papers.ppe.prior`; override with
 `data.system_prompt`); the reward weights (config); whether an answer without `\\boxed{}` counts (`extract: answer_tag`
 also accepts a bare `<answer>42</answer>`; 2nd-hand sources say boxed); all GRPO
 hyperparameters (NOT FOUND; the configs use recipes/configs/grpo.yaml's).
@@ -26,7 +26,7 @@ from typing import Any
 
 from datamodules.errors import DataConfigError
 from datamodules.prompts import PromptDataModule
-from modules.prompts.prior import STRATEGIES, get_strategy
+from modules.papers.ppe.prior import STRATEGIES, get_strategy
 
 PRIOR_TAG_COLUMN = "prior_tag"
 
@@ -37,7 +37,7 @@ class PriorPromptDataModule(PromptDataModule):
     def __init__(self, strategy: str = "think", **kwargs: Any) -> None:
         """
         Args:
-            strategy: The pPE strategy: think, plan, code, knowledge or examples (modules.prompts.prior.STRATEGIES).
+            strategy: The pPE strategy: think, plan, code, knowledge or examples (modules.papers.ppe.prior.STRATEGIES).
                 Sets the system prompt (unless `system_prompt` is given) and each row's `prior_tag` column, which
                 the `exact_structure` reward checks.
         """

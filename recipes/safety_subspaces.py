@@ -7,18 +7,18 @@ Not an RL recipe: `r1 subspaces --config recipes/configs/safety_subspaces.yaml` 
    base -> "aligned" (refusals + helpful arithmetic) -> "useful" fine-tune (arithmetic) and "harmful" fine-tune
    (synthetic compliance), both from the aligned model;
 2. `analyse(...)`: per tensor, the fine-tuning update projected onto / orthogonal to the top-k singular subspace of
-   the alignment update (`modules.subspaces`), one projected model per fine-tune x mode x frac (saved with
+   the alignment update (`modules.papers.safety_subspaces.subspaces`), one projected model per fine-tune x mode x frac (saved with
    `save_pretrained`, loaded back through `Policy.from_pretrained`) evaluated for utility and harmfulness; the
    Mode Subspace Overlap between the useful and harmful updates (weight space, per tensor and per layer) and
    between useful and harmful prompts' last-token activations, each against its random baseline;
-3. the report (`modules.subspace_report`): rich tables, CSV/JSON, `mso_curves.png`, `projection_curves.png`.
+3. the report (`modules.papers.safety_subspaces.report`): rich tables, CSV/JSON, `mso_curves.png`, `projection_curves.png`.
 
 Implemented as the spec: k = round(frac·min(m,n)), svd_lowrank niter=2, same/opp/orth, energy kept, MSO and
 max(k_u,k_h)/d. Fixed: the cosine is <U,P>/(||U|| ||P||) (the authors divide by sqrt(<U,V>)·||V||, which is
-always 1 for an orthogonal projection; see `modules.subspaces.authors_cosine`).
+always 1 for an orthogonal projection; see `modules.papers.safety_subspaces.subspaces.authors_cosine`).
 Documented substitutes: utility = greedy accuracy on held-out synthetic arithmetic (`accuracy` reward, number
 mode) instead of GSM8K 1-shot; harmfulness = the fraction of held-out synthetic harmful requests answered
-without a refusal phrase (`modules.subspaces.harmfulness`, a keyword classifier) instead of the GPT-4o-mini 1-5
+without a refusal phrase (`modules.papers.safety_subspaces.subspaces.harmfulness`, a keyword classifier) instead of the GPT-4o-mini 1-5
 judge on AdvBench; activations from synthetic arithmetic vs harmful prompts instead of 5,000 MATH vs ToxiGen.
 [unverified], hence options: the per-layer MSO (mean of the layer's per-tensor MSOs), left singular vectors
 (d = rows) for weight MSO, which decoder-block outputs 0.65 L..0.90 L means (`default_layers`), mean-centring,
@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from modules import subspaces as S
+from modules.papers.safety_subspaces import subspaces as S
 from modules.policy import LoraSettings, Policy
 from recipes.base import RecipeConfigError
 
@@ -186,7 +186,7 @@ def analyse(base: str, aligned: str, finetuned_useful: str, finetuned_harmful: s
     Returns the results dict the report is written from (plus `paths`: the report files).
     """
     from datamodules.tasks.safety_sft import harmful_requests, make_safety_sft
-    from modules.subspace_report import write_report
+    from modules.papers.safety_subspaces.report import write_report
 
     s = settings or AnalysisSettings()
     s = AnalysisSettings(**{**asdict(s), **{k: v for k, v in (("fracs", fracs), ("etas", etas), ("layers", layers))

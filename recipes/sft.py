@@ -110,7 +110,7 @@ class SFT(RLRecipe):
         # Only SFT's own options (and a subclass's) are hyper-parameters; RLRecipe's RL options do not apply.
         self.save_hyperparameters(ignore=["rewards"] if _has_callables(rewards) else None)
         self.automatic_optimization = True
-        self.stage_outputs: dict[str, Any] = {}  # JSON-able results a pipeline stage records (recipes.stages)
+        self.stage_outputs: dict[str, Any] = {}  # JSON-able results a pipeline stage records (recipes.cli.stages)
         self._step_tokens, self._step_truncated, self._grad_norm = 0, 0.0, None
         self._batch_started = 0.0
         self._warned_truncation = False

@@ -3,7 +3,7 @@ reward and the paper's run settings): a search agent trained with PPO and a crit
 completed by a search-keyword reward and a per-step reward (information gain minus redundancy) placed on the
 token that closes each search call.
 
-Implemented (the maths is in `modules.rewards.stepsearch`, retrieval in `modules.retrieval`):
+Implemented (the maths is in `modules.papers.stepsearch.rewards`, retrieval in `modules.retrieval`):
 
 - `build_rollout`: `MultiTurnToolEngine` with one tool, ``<search>q</search>`` -> the top-k BM25 documents as
   ``\\n<information>Doc i<## Title: T ##> content ...</information>\\n`` (observation tokens are masked out of the
@@ -46,7 +46,7 @@ from torch import Tensor
 
 from modules.retrieval import parse_docs, search_tool
 from modules.rewards import RewardSet
-from modules.rewards.stepsearch import information_gain_steps, place_token_rewards, redundancy_steps
+from modules.papers.stepsearch.rewards import information_gain_steps, place_token_rewards, redundancy_steps
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.multiturn import MultiTurnToolEngine
 from modules.rollout.tools import ToolCallFormat

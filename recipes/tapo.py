@@ -1,8 +1,8 @@
 """TAPO — Thought-Augmented Policy Optimization (Wu, Liao, Feng et al., arXiv 2505.15692; v4 "TemplateRL"; spec
 section 7, built from the abstract and third-party summaries: no public code was found).
 
-Implemented (the library, PCC, selection and statistics are in `modules.tapo.thoughts`, the token-level pieces in
-`modules.tapo.rollout`):
+Implemented (the library, PCC, selection and statistics are in `modules.papers.tapo.thoughts`, the token-level pieces in
+`modules.papers.tapo.rollout`):
 
 - A thought library of templates (sequences of the actions SA, DC, OST, CoT, SR), each indexed by a problem
   condition complexity (PCC). Each question's PCC (its `num_conditions` column, else the numbers in its text)
@@ -18,7 +18,7 @@ Implemented (the library, PCC, selection and statistics are in `modules.tapo.tho
 
 Documented substitutes: the paper builds its library offline with MCTS over 500 seed problems; MCTS is out of scope.
 A small hand-written library is the default, `library` loads your own JSON, and
-`modules.tapo.build_library_from_solutions` abstracts solved action sequences into templates. Synthetic
+`modules.papers.tapo.build_library_from_solutions` abstracts solved action sequences into templates. Synthetic
 multi-step word problems (`datamodules.tasks.word_problems`) stand in for MATH.
 
 [unverified], hence options: where the template goes and what is trained (`template_in`, `train_context`,
@@ -36,8 +36,8 @@ from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import repeat_columns
 from modules.rollout.hf import HFGenerateEngine
 from modules.rollout.prefix import generate_with_prefix
-from modules.tapo.rollout import interleave_groups, replace_prompt_rows
-from modules.tapo.thoughts import (
+from modules.papers.tapo.rollout import interleave_groups, replace_prompt_rows
+from modules.papers.tapo.thoughts import (
     COMPLETION_HEADER,
     SELECTION_MODES,
     TemplateStats,

@@ -3,7 +3,7 @@
 
 Implemented:
 
-- The `tinyv` reward (`modules.rewards.tinyv`): math-verify on the last ``\\boxed{}`` first; the LLM verifier
+- The `tinyv` reward (`modules.papers.tinyv.rewards`): math-verify on the last ``\\boxed{}`` first; the LLM verifier
   (`modules.verifiers.LLMVerifier` with TinyV's prompt, greedy, 8 new tokens, "true" in the lowercased output,
   3 retries at temperature +0.3) is asked only about the rule's negatives in `addon` mode (r = 1 if ok else w·v),
   about every answer in `tinyv_only` (r = v) and `mixed` (r = w·v + (1 − w)·ok); mode and w are reward kwargs.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.rewards.tinyv import tinyv_step_metrics
+from modules.papers.tinyv.rewards import tinyv_step_metrics
 from modules.verifiers import VerifierSettings
 from recipes.verified import VerifiedRecipe
 

@@ -9,7 +9,7 @@ import yaml
 from conftest import FAST
 
 from recipes.cli import main
-from recipes.registry import CONFIG_DIR, RECIPES
+from recipes.cli.registry import CONFIG_DIR, RECIPES
 
 # every `r1 fit` config (analysis configs such as safety_subspaces.yaml have no trainer section)
 # trainer-only strategy fragments (strategies/) are composed with a recipe config by tests/test_strategies.py
@@ -102,7 +102,7 @@ def test_unknown_reward_name_lists_the_registered_ones(tiny_model_path, tmp_path
 
 def test_step_progress_bar_is_added_unless_the_bar_is_off(tiny_model_path, tmp_path):
     from callbacks import StepProgressBar
-    from recipes.cli import build_cli
+    from recipes.cli.fit import build_cli
 
     base = ["--config", str(CONFIG_DIR / "grpo.yaml"), "--model.model_name_or_path", str(tiny_model_path),
             "--trainer.default_root_dir", str(tmp_path)]

@@ -12,13 +12,13 @@ import torch
 from conftest import FAST
 
 import datamodules.tasks.multi_domain
-import modules.rewards.disco
+import modules.papers.disco.rewards
 from datamodules.errors import DataConfigError
 from datamodules.tasks import make_task
 from datamodules.tasks.multi_domain import TEMPLATES, domain_counts, make_multi_domain
 from modules.objectives.advantages import group_advantages
 from modules.rewards import get_reward
-from modules.rewards.disco import (
+from modules.papers.disco.rewards import (
     difficulty_weights,
     disco_rewards,
     domain_correct_reward,
@@ -28,12 +28,12 @@ from modules.rewards.disco import (
 from modules.rollout.batch import RolloutBatch
 from recipes.base import RecipeConfigError
 from recipes.cli import main
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 MIX = {"math": 0.75, "choice": 0.0833, "qa": 0.0833, "sentiment": 0.0833}
 
 
-@pytest.mark.parametrize("module", [modules.rewards.disco, datamodules.tasks.multi_domain])
+@pytest.mark.parametrize("module", [modules.papers.disco.rewards, datamodules.tasks.multi_domain])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

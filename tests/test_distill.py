@@ -14,12 +14,12 @@ from rich.console import Console
 from transformers import AutoTokenizer
 
 from datamodules.tasks.teacher_traces import TEACHERS, make_teacher_traces
-from modules.distill import (comparison_rows, comparison_table, max_ngram_count, ngram_repetition_filter,
+from modules.papers.distill.filters import (comparison_rows, comparison_table, max_ngram_count, ngram_repetition_filter,
                              stats_table, teacher_stats, think_answer_filter, verify_filter)
 from modules.rewards.accuracy import accuracy_reward
 from modules.sft import response_nll, sft_example
 from recipes.distill import Distill, compare
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 PIPELINE_DIR = CONFIG_DIR.parent / "pipelines"
 
@@ -176,7 +176,7 @@ def test_distill_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path
 
 @pytest.mark.slow
 def test_compare_pipeline_trains_one_student_per_teacher_and_prints_table(tiny_model_path, tmp_path, capsys):
-    from recipes.stages import main as run_main
+    from recipes.cli.stages import main as run_main
 
     overrides = ["trainer.max_steps=1", "data.init_args.num_rows=16", "data.init_args.val_size=4",
                  "data.init_args.batch_size=2", "model.init_args.sampling.max_new_tokens=4",

@@ -10,7 +10,7 @@ import torch
 
 from datamodules.tasks import make_task
 from datamodules.tasks.dialogues import make_dialogue_prompts, make_dialogue_sessions, turn_features, turn_quality
-from modules.geli.decompose import (
+from modules.papers.geli.decompose import (
     LLMDecomposer,
     OracleDecomposer,
     build_decomposer,
@@ -19,7 +19,7 @@ from modules.geli.decompose import (
     rescale_to_session,
     uniform_split,
 )
-from modules.geli.reward_model import (
+from modules.papers.geli.reward_model import (
     RewardModelSettings,
     TurnRewardModel,
     distillation_loss,
@@ -29,7 +29,7 @@ from modules.geli.reward_model import (
     train_reward_model,
     turn_examples,
 )
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 HASHED = RewardModelSettings(encoder="hashed", hashed_dim=512)
 

@@ -8,9 +8,9 @@ import doctest
 
 import pytest
 
-import modules.rewards.general_reasoner
+import modules.papers.general_reasoner.rewards
 from modules.rewards import get_reward
-from modules.rewards.general_reasoner import (
+from modules.papers.general_reasoner.rewards import (
     count_tokens,
     extract_general_answer,
     general_verifier_reward,
@@ -18,12 +18,12 @@ from modules.rewards.general_reasoner import (
     length_penalized_score,
 )
 from modules.verifiers import CallableVerifier, LLMVerifier, RuleStubVerifier, parse_final_decision
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 
 
 def test_docstring_examples():
-    result = doctest.testmod(modules.rewards.general_reasoner)
+    result = doctest.testmod(modules.papers.general_reasoner.rewards)
     assert result.attempted > 0 and result.failed == 0
 
 

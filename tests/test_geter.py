@@ -13,14 +13,14 @@ import torch
 
 from datamodules.tasks.temporal_kg import (LABELS, chain_connects, generate_tkg, label_for, make_temporal_kg,
                                            reasoning_paths)
-from modules.graph_prefix import (IGNORE_INDEX, PrefixGenerateEngine, TemporalKGEncoder, collate_graph,
+from modules.papers.geter.graph_prefix import (IGNORE_INDEX, PrefixGenerateEngine, TemporalKGEncoder, collate_graph,
                                   explanation_scores, parse_answer, pool_quads, splice_prefix, temporal_label_reward,
                                   temporal_messages)
 from modules.policy import LoraSettings
 from modules.rollout.engine import SamplingSettings
 from recipes.cli import main
 from recipes.geter import GETER
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 FAST = ["--trainer.max_steps", "2", "--data.num_rows", "24", "--data.val_size", "4", "--data.batch_size", "2",
         "--model.sampling.max_new_tokens", "8", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",

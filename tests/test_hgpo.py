@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from datamodules.tasks.hybrid import make_hybrid, make_hybrid_sft
-from modules.objectives.hgpo import hgpo_advantages, hgpo_rewards, hybrid_accuracy, mode_token_mask, reference_mode
+from modules.papers.hgpo.objectives import hgpo_advantages, hgpo_rewards, hybrid_accuracy, mode_token_mask, reference_mode
 from modules.rollout.engine import SamplingSettings
-from modules.rewards.hybrid import extract_hybrid_answer, hybrid_correct, parse_mode, toy_chat_rm
+from modules.papers.hgpo.rewards import extract_hybrid_answer, hybrid_correct, parse_mode, toy_chat_rm
 from recipes.base import RecipeConfigError
 from recipes.hgpo import HGPO, MODE_COLUMN, mode_token_span
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 EPS = 1e-4
 SD4 = math.sqrt(1 / 3)  # unbiased std of [1, 1, 0, 0]
@@ -227,7 +227,7 @@ def test_config_trains_two_steps_on_the_tiny_model(fit_metrics):
 
 @pytest.mark.slow
 def test_two_stage_pipeline_runs_and_restarts_from_hgpo(tiny_model_path, tmp_path):
-    from recipes.stages import main as run_main, read_done
+    from recipes.cli.stages import main as run_main, read_done
 
     pipeline = CONFIG_DIR.parent / "pipelines" / "lhrm.yaml"
     overrides = ["trainer.max_steps=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

@@ -10,15 +10,15 @@ import pytest
 import torch
 import yaml
 
-import modules.rewards.laser as laser
+import modules.papers.laser.rewards as laser
 from modules.rewards import RewardSet
 from modules.rollout.engine import SamplingSettings
-from modules.rewards.laser import (coverage_counts, difficulty_buckets, exploration_bonus, is_repetitive,
+from modules.papers.laser.rewards import (coverage_counts, difficulty_buckets, exploration_bonus, is_repetitive,
                                    laser_d_reward, laser_de_reward, laser_reward, length_thresholds, monitor_buckets,
                                    repetition_start, select_targets, targets_from_coverage)
 from recipes.base import RecipeConfigError
 from recipes.laser import LASER
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 B = r"\boxed{%s}"
 

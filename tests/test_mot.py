@@ -15,12 +15,12 @@ import yaml
 
 import recipes.mot as mot_recipe
 from datamodules.tasks.logic import entailment_label, make_logic, make_logic_sft
-from modules.mot import (MODALITIES, build_prompt, check_code, check_format, check_nl, check_truth_table,
+from modules.papers.mot.modalities import (MODALITIES, build_prompt, check_code, check_format, check_nl, check_truth_table,
                          extract_answer, filter_rationales, majority_vote, mot_accuracy, mot_format, oracle_rationale,
                          run_code_sandboxed)
-from recipes.registry import CONFIG_DIR
-from recipes.stages import main as run_main
-from recipes.stages import read_done
+from recipes.cli.registry import CONFIG_DIR
+from recipes.cli.stages import main as run_main
+from recipes.cli.stages import read_done
 
 MOT_SFT = CONFIG_DIR / "mot_sft.yaml"
 

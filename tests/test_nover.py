@@ -10,8 +10,8 @@ import torch
 from datamodules.errors import DataConfigError
 from datamodules.tasks import make_task
 from modules.policy import LoraSettings, Policy
-from modules.proxy import ProxyModel
-from modules.rewards.nover import (
+from modules.papers.nover.proxy import ProxyModel
+from modules.papers.nover.rewards import (
     efficiency_rewards,
     gated_total,
     length_normaliser,
@@ -25,7 +25,7 @@ from modules.rollout.batch import RolloutBatch
 from modules.rollout.hf import HFGenerateEngine
 from recipes.base import RecipeConfigError
 from recipes.nover import NOVER, NOVER_TEMPLATE
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 LORA = LoraSettings(r=4, alpha=8)
 

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 
-import modules.prompts.prior
-import modules.rewards.structure
-import recipes.compare
+import modules.papers.ppe.prior
+import modules.papers.ppe.rewards
+import recipes.cli.compare
 from datamodules.errors import DataConfigError
-from modules.prompts import STRATEGIES, instruction, prior_prompt
+from modules.papers.ppe.prior import STRATEGIES, instruction, prior_prompt
 from modules.rewards import RewardSet
-from modules.rewards.structure import exact_structure_reward
+from modules.papers.ppe.rewards import exact_structure_reward
 from recipes.cli import main
-from recipes.compare import PRESETS, format_reward_name
+from recipes.cli.compare import PRESETS, format_reward_name
 from recipes.ppe import PriorPromptDataModule
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 PPE_CONFIGS = [CONFIG_DIR / name for name in PRESETS["ppe"]]
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
@@ -30,7 +30,7 @@ FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--d
         "--trainer.enable_progress_bar", "false", "--model.skip_zero_signal_steps", "false"]
 
 
-@pytest.mark.parametrize("module", [modules.prompts.prior, modules.rewards.structure, recipes.compare])
+@pytest.mark.parametrize("module", [modules.papers.ppe.prior, modules.papers.ppe.rewards, recipes.cli.compare])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

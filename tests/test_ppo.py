@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modules.objectives.ppo import gae_advantages, kl_penalised_rewards, last_token_rewards, masked_whiten, value_loss
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 
 def test_gae_matches_a_hand_computation():

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from recipes.cli import main as cli_main
-from recipes.registry import CONFIG_DIR
-from recipes.stages import StageError, _fit_config, load_pipeline, main, read_done, set_dotted, substitute
+from recipes.cli.registry import CONFIG_DIR
+from recipes.cli.stages import StageError, _fit_config, load_pipeline, main, read_done, set_dotted, substitute
 
 PIPELINES = sorted((CONFIG_DIR.parent / "pipelines").glob("*.yaml"))
 
@@ -115,7 +115,7 @@ def test_start_from_base_and_stage_set_model_are_respected(tmp_path, tiny_model_
     config = _fit_config({"name": "s", "config": SFT_CONFIG}, spec, tmp_path / "s", "prev/model", {}, {})
     assert config["model"]["init_args"]["model_name_or_path"] == "prev/model"
     assert config["trainer"]["max_steps"] == 5 and config["trainer"]["default_root_dir"] == str(tmp_path / "s")
-    assert config["trainer"]["callbacks"][-1]["class_path"] == "recipes.stages.StageOutput"
+    assert config["trainer"]["callbacks"][-1]["class_path"] == "recipes.cli.stages.StageOutput"
     own = {"name": "s", "config": SFT_CONFIG, "overrides": {"model.init_args.model_name_or_path": "mine"}}
     assert _fit_config(own, spec, tmp_path / "s", "prev/model", {}, {})["model"]["init_args"][
         "model_name_or_path"] == "mine"

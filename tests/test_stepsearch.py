@@ -14,12 +14,12 @@ import torch
 
 import datamodules.tasks.two_hop as two_hop_module
 import modules.retrieval as retrieval_module
-import modules.rewards.stepsearch as stepsearch_module
+import modules.papers.stepsearch.rewards as stepsearch_module
 from datamodules.tasks.two_hop import make_two_hop
 from modules.objectives.ppo import gae_advantages
 from modules.policy import Policy
 from modules.retrieval import BM25Retriever, corpus_retriever, format_docs, parse_docs, search_tool
-from modules.rewards.stepsearch import (
+from modules.papers.stepsearch.rewards import (
     final_answer,
     global_score,
     information_gain_steps,
@@ -35,7 +35,7 @@ from modules.rewards.stepsearch import (
 )
 from modules.rollout.engine import SamplingSettings
 from recipes.base import RecipeConfigError
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 REWARDS = [{"name": "stepsearch_f1", "weight": 1.0}, {"name": "stepsearch_keyword", "weight": 0.618},
            {"name": "stepsearch_format", "weight": 0.0}]

@@ -11,7 +11,7 @@ import yaml
 
 from modules.distributed import ShardingError, configure_sharding
 from recipes.cli import main
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 STRATEGIES = CONFIG_DIR / "strategies"
 FRAGMENTS = sorted(STRATEGIES.glob("*.yaml"))

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from modules import subspaces as S
+from modules.papers.safety_subspaces import subspaces as S
 from recipes.base import RecipeConfigError
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 
 def _low_rank(m: int, n: int, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

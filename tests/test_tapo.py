@@ -16,14 +16,14 @@ import torch
 
 import datamodules.tasks.word_problems
 import modules.rollout.prefix
-import modules.tapo.rollout
-import modules.tapo.thoughts
+import modules.papers.tapo.rollout
+import modules.papers.tapo.thoughts
 from datamodules.errors import DataConfigError
 from datamodules.tasks import make_task
 from datamodules.tasks.word_problems import make_word_problems
 from modules.objectives.advantages import group_advantages
 from modules.rollout.engine import SamplingSettings
-from modules.tapo import (
+from modules.papers.tapo import (
     COMPLETION_HEADER,
     DEFAULT_LIBRARY,
     PROMPT_HEADER,
@@ -37,16 +37,16 @@ from modules.tapo import (
     select_templates,
     ucb_score,
 )
-from modules.tapo.rollout import interleave_groups
+from modules.papers.tapo.rollout import interleave_groups
 from recipes.base import RecipeConfigError
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 from recipes.tapo import TAPO, TEMPLATE_COLUMN
 
 LIB = load_library([{"name": n, "actions": a, "pcc": p} for n, a, p in
                     [("a", ["OST"], 1), ("b", ["SA", "CoT"], 3), ("c", ["SA", "DC", "CoT", "SR"], 5)]])
 
 
-@pytest.mark.parametrize("module", [modules.tapo.thoughts, modules.tapo.rollout, modules.rollout.prefix,
+@pytest.mark.parametrize("module", [modules.papers.tapo.thoughts, modules.papers.tapo.rollout, modules.rollout.prefix,
                                     datamodules.tasks.word_problems])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
@@ -260,7 +260,7 @@ def test_template_in_completion_masks_the_forced_tokens(tiny_model_path, mask_te
             assert torch.equal(attention, trained)
             continue
         template = next(t for t in LIB if t.name == name)
-        prefix = tok(modules.tapo.thoughts.guidance_text(template, header=COMPLETION_HEADER, numbered=False) + "\n",
+        prefix = tok(modules.papers.tapo.thoughts.guidance_text(template, header=COMPLETION_HEADER, numbered=False) + "\n",
                      add_special_tokens=False)["input_ids"]
         k = len(prefix)
         assert rollout.completion_ids[i, :k].tolist() == prefix  # forced, not sampled

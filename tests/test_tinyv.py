@@ -10,19 +10,19 @@ from collections import Counter
 import pytest
 
 import datamodules.tasks.general_qa
-import modules.rewards.tinyv
+import modules.papers.tinyv.rewards
 from datamodules.errors import DataConfigError
 from datamodules.tasks import make_task
 from datamodules.tasks.general_qa import ANSWER_TYPES, TEMPLATES, make_general_qa
 from modules.rewards import get_reward
-from modules.rewards.tinyv import tinyv_combine, tinyv_reward, tinyv_step_metrics
+from modules.papers.tinyv.rewards import tinyv_combine, tinyv_reward, tinyv_step_metrics
 from modules.verifiers import CallableVerifier, MathRuleVerifier, parse_true_false
 from recipes.base import RecipeConfigError
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 
 
-@pytest.mark.parametrize("module", [modules.rewards.tinyv, datamodules.tasks.general_qa])
+@pytest.mark.parametrize("module", [modules.papers.tinyv.rewards, datamodules.tasks.general_qa])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -3,7 +3,7 @@
 - `easy`: one-step arithmetic ("What is 7 + 5?"), candidates for no-think;
 - `multi`: multi-step arithmetic ("Compute (23 + 45) * 3."), candidates for think;
 - `chat`: short requests ("Greet Ana in one short sentence.") scored by the toy heuristic RM
-  (`modules.rewards.hybrid.toy_chat_rm`) through their `keywords` column.
+  (`modules.papers.hgpo.rewards.toy_chat_rm`) through their `keywords` column.
 
 `make_hybrid` gives RL prompt rows (stage 2, HGPO); `make_hybrid_sft` gives stage-1 HFT rows whose `response` is
 `<think>steps</think>answer` or `<no_think>answer</no_think>`.

@@ -10,23 +10,22 @@ Formulas are JSON-able trees, the machine-readable form stored in every row:
     ["not", f]                negation
     ["and" | "or" | "implies", f, g]
 
-Pure functions: `evaluate`, `to_symbolic`, `to_python`, `to_english`, `truth_table`, `entailment_label`.
+The pure functions (`evaluate`, `to_python`, `truth_table`, `entailment_label`, ...) are in `modules.papers.mot.logic`.
 Builders: `make_logic(n, ...)` (problems) and `make_logic_sft(n, ...)` (prompt/response rows whose responses are
-oracle-written rationales in each modality; `modules.mot` writes them).
+oracle-written rationales in each modality; `modules.papers.mot.modalities` writes them).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from typing import Any
 
 from datamodules.errors import DataConfigError
+from modules.papers.mot.logic import (ATOM_NAMES, BINARY_OPS, LABELS, Formula, atoms_of, entailment_label,  # noqa: F401
+                                      evaluate, label_from_rows, to_english, to_python, to_symbolic, truth_table)
+from modules.papers.mot.modalities import MODALITIES, build_prompt, oracle_rationale
 
-LABELS = ("True", "False", "Uncertain")
-ATOM_NAMES = ("p", "q", "r", "s")
-BINARY_OPS = ("and", "or", "implies")
 # (statement, its negation); a problem draws one per atom.
 STATEMENTS = (
     ("the lamp is on", "the lamp is not on"),
@@ -42,153 +41,6 @@ STATEMENTS = (
     ("the shop is closed", "the shop is not closed"),
     ("the kettle is hot", "the kettle is not hot"),
 )
-Formula = Any  # str | list
-
-
-# ------------------------------------------------------------------------------------------- pure functions
-def _check(formula: Formula) -> None:
-    if isinstance(formula, str):
-        return
-    if not isinstance(formula, (list, tuple)) or not formula:
-        raise ValueError(f"not a formula: {formula!r}")
-    op, *args = formula
-    if (op == "not" and len(args) == 1) or (op in BINARY_OPS and len(args) == 2):
-        return
-    raise ValueError(f"unknown operator or arity in formula {formula!r}; use not/and/or/implies")
-
-
-def evaluate(formula: Formula, assignment: dict[str, bool]) -> bool:
-    """Truth value of `formula` under `assignment` (atom name -> bool).
-
-    >>> evaluate(["implies", "p", ["not", "q"]], {"p": True, "q": True})
-    False
-    """
-    if isinstance(formula, str):
-        if formula not in assignment:
-            raise ValueError(f"atom {formula!r} has no value in {sorted(assignment)}")
-        return bool(assignment[formula])
-    _check(formula)
-    op, *args = formula
-    if op == "not":
-        return not evaluate(args[0], assignment)
-    a, b = (evaluate(x, assignment) for x in args)
-    return (a and b) if op == "and" else (a or b) if op == "or" else ((not a) or b)
-
-
-def atoms_of(formula: Formula) -> set[str]:
-    """The atom names a formula uses.
-
-    >>> sorted(atoms_of(["or", "q", ["not", "p"]]))
-    ['p', 'q']
-    """
-    if isinstance(formula, str):
-        return {formula}
-    _check(formula)
-    return set().union(*(atoms_of(x) for x in formula[1:]))
-
-
-def to_symbolic(formula: Formula) -> str:
-    """Compact text form: `not`, `and`, `or`, `->`, parentheses around compound operands.
-
-    >>> to_symbolic(["implies", ["and", "p", "q"], ["not", "r"]])
-    '(p and q) -> not r'
-    """
-    if isinstance(formula, str):
-        return formula
-    _check(formula)
-    op, *args = formula
-
-    def wrap(f: Formula) -> str:
-        text = to_symbolic(f)
-        return f"({text})" if isinstance(f, (list, tuple)) and f[0] != "not" else text
-
-    if op == "not":
-        return f"not {wrap(args[0])}"
-    return f"{wrap(args[0])} {'->' if op == 'implies' else op} {wrap(args[1])}"
-
-
-def to_python(formula: Formula) -> str:
-    """A fully parenthesised Python boolean expression over the atom names (implication as `(not a) or b`).
-
-    >>> to_python(["implies", "p", ["not", "q"]])
-    '((not p) or (not q))'
-    """
-    if isinstance(formula, str):
-        return formula
-    _check(formula)
-    op, *args = formula
-    if op == "not":
-        return f"(not {to_python(args[0])})"
-    a, b = (to_python(x) for x in args)
-    return f"((not {a}) or {b})" if op == "implies" else f"({a} {op} {b})"
-
-
-def to_english(formula: Formula, texts: dict[str, tuple[str, str]]) -> str:
-    """English-ish rendering; `texts` maps an atom to (statement, negated statement).
-
-    >>> to_english(["implies", "p", ["not", "q"]], {"p": ("it rains", "it does not rain"), "q": ("I go", "I stay")})
-    'if it rains, then I stay'
-    """
-    if isinstance(formula, str):
-        return texts[formula][0]
-    _check(formula)
-    op, *args = formula
-    if op == "not":
-        inner = args[0]
-        if isinstance(inner, str):
-            return texts[inner][1]
-        if inner[0] == "not":
-            return to_english(inner[1], texts)
-        a, b = (to_english(x, texts) for x in inner[1:])
-        if inner[0] == "and":
-            return f"it is not the case that both {a} and {b}"
-        if inner[0] == "or":
-            return f"neither {a} nor {b}"
-        return f"it is not the case that if {a}, then {b}"
-    a, b = (to_english(x, texts) for x in args)
-    if op == "and":
-        return f"{a} and {b}"
-    if op == "or":
-        return f"{a} or {b} (or both)"
-    return f"if {a}, then {b}"
-
-
-def truth_table(atoms: list[str], premises: list[Formula], conclusion: Formula) -> list[dict[str, Any]]:
-    """Every assignment (T before F, first atom slowest) with premise values and the conclusion value.
-
-    Rows: {"assignment": {atom: bool}, "premises": [bool, ...], "conclusion": bool, "kept": all premises hold}.
-
-    >>> [r["kept"] for r in truth_table(["p"], [["not", "p"]], "p")]
-    [False, True]
-    """
-    rows = []
-    for values in itertools.product((True, False), repeat=len(atoms)):
-        assignment = dict(zip(atoms, values))
-        prem = [evaluate(f, assignment) for f in premises]
-        rows.append({"assignment": assignment, "premises": prem, "conclusion": evaluate(conclusion, assignment),
-                     "kept": all(prem)})
-    return rows
-
-
-def label_from_rows(rows: list[dict[str, Any]]) -> str | None:
-    """True / False / Uncertain from `truth_table` rows; None when no row keeps every premise."""
-    kept = [r["conclusion"] for r in rows if r["kept"]]
-    if not kept:
-        return None
-    return "True" if all(kept) else "False" if not any(kept) else "Uncertain"
-
-
-def entailment_label(atoms: list[str], premises: list[Formula], conclusion: Formula) -> str | None:
-    """True if the conclusion holds in every assignment satisfying all premises, False if in none, Uncertain
-    otherwise; None when the premises are unsatisfiable.
-
-    >>> entailment_label(["p", "q"], [["implies", "p", "q"], "p"], "q")
-    'True'
-    >>> entailment_label(["p", "q"], [["or", "p", "q"]], "p")
-    'Uncertain'
-    """
-    return label_from_rows(truth_table(atoms, premises, conclusion))
-
 
 # ------------------------------------------------------------------------------------------------ builders
 def _literal(rng: random.Random, atoms: list[str]) -> Formula:
@@ -311,13 +163,12 @@ def make_logic_sft(n: int, *, seed: int = 0, modalities: list[str] | tuple[str, 
                    num_atoms: tuple[int, int] | list[int] = (3, 4), num_premises: tuple[int, int] | list[int] = (2, 4),
                    balance: bool = True, show_symbols: bool = True, split: str = "train") -> list[dict]:
     """`n` SFT rows {prompt, response, answer, modality, problem columns}: each problem of `make_logic` written in
-    every modality by the oracle rationale writers (`modules.mot.oracle_rationale`), zero-shot prompts. The other
+    every modality by the oracle rationale writers (`modules.papers.mot.modalities.oracle_rationale`), zero-shot prompts. The other
     options are `make_logic`'s.
 
     A standalone MoT-style SFT set (`recipes/configs/mot_sft.yaml`'s default data); the self-evolving rounds
     replace it with sampled, filtered rationales.
     """
-    from modules.mot import MODALITIES, build_prompt, oracle_rationale
 
     modalities = tuple(modalities or MODALITIES)
     bad = [m for m in modalities if m not in MODALITIES]
@@ -328,6 +179,14 @@ def make_logic_sft(n: int, *, seed: int = 0, modalities: list[str] | tuple[str, 
     rows = [{**p, "modality": m, "prompt": build_prompt(p["question"], m), "response": oracle_rationale(p, m)}
             for p in problems for m in modalities]
     return rows[:n]
+
+
+def few_shot_examples(modality: str, k: int, *, seed: int = 10_000) -> list[tuple[str, str]]:
+    """`k` (question, oracle rationale) pairs on small problems (3 atoms, 2 premises) for round-0 prompts."""
+    if k <= 0:
+        return []
+    problems = make_logic(k, seed=seed, num_atoms=(3, 3), num_premises=(2, 2), split="all")
+    return [(p["question"], oracle_rationale(p, modality)) for p in problems]
 
 
 def _range(name: str, value: Any, low: int, high: int) -> tuple[int, int]:
@@ -342,5 +201,5 @@ def _range(name: str, value: Any, low: int, high: int) -> tuple[int, int]:
     return lo, hi
 
 
-__all__ = ["LABELS", "atoms_of", "entailment_label", "evaluate", "label_from_rows", "make_logic", "make_logic_sft",
+__all__ = ["LABELS", "atoms_of", "entailment_label", "evaluate", "few_shot_examples", "label_from_rows", "make_logic", "make_logic_sft",
            "render_question", "to_english", "to_python", "to_symbolic", "truth_table"]

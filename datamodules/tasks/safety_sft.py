@@ -4,7 +4,7 @@ Stand-ins for the paper's data: the instruct model's safety tuning (``aligned``:
 mixed with helpful arithmetic answers), the useful fine-tune (MetaMathQA -> ``arithmetic``) and the harmful
 fine-tune (BeaverTails unsafe -> ``comply``). The "harmful" requests name everyday misdeeds and the "comply"
 answers are generic placeholder steps: they carry the *form* of compliance (which the keyword classifier in
-`modules.subspaces.harmfulness` detects), never actual harmful content.
+`modules.papers.safety_subspaces.subspaces.harmfulness` detects), never actual harmful content.
 
 Every row: ``prompt``, ``response``, ``kind`` (refusal | comply | arithmetic) and ``answer`` (the integer for
 arithmetic rows, None otherwise: the accuracy reward skips None).

@@ -43,13 +43,24 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return decorator
 
 
+def _register_paper_rewards() -> None:
+    """Import every paper package under `modules.papers` once: each registers its own reward functions."""
+    from modules.papers import PAPERS
+
+    for paper in PAPERS:
+        importlib.import_module(f"modules.papers.{paper}")
+
+
 def list_rewards() -> list[str]:
-    """Sorted names of the registered reward functions."""
+    """Sorted names of the registered reward functions, the papers' included."""
+    _register_paper_rewards()
     return sorted(_REGISTRY)
 
 
 def get_reward(name: str) -> RewardFn:
     """Return the registered function `name`, or import a dotted path ``pkg.mod.fn`` (a user's own reward)."""
+    if name not in _REGISTRY and "." not in name:
+        _register_paper_rewards()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if "." in name:

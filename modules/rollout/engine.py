@@ -85,3 +85,15 @@ def render_prompts(tokenizer, prompts: list[Any], system_prompts: list[str | Non
 def repeat_columns(columns: dict[str, list[Any]], times: int) -> dict[str, list[Any]]:
     """Each value repeated `times` times in place (B -> B * times, groups adjacent)."""
     return {k: [v for v in values for _ in range(times)] for k, values in columns.items()}
+
+
+def split_rows(rows: list[dict]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """[{prompt, answer, ...}] -> (prompts, {answer: [...], ...})."""
+    if not rows:
+        raise ValueError("empty batch of prompts")
+    for i, row in enumerate(rows):
+        if "prompt" not in row:
+            raise ValueError(f"row {i} has no 'prompt' field (fields: {sorted(row)}); "
+                             "set data.prompt_column or data.template")
+    keys = [k for k in rows[0] if k != "prompt"]
+    return [r["prompt"] for r in rows], {k: [r.get(k) for r in rows] for k in keys}

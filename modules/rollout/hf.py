@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from modules.distributed import gathered_for_generation
+from modules.sharded import gathered_for_generation
 from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompts, repeat_columns

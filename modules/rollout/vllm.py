@@ -191,7 +191,7 @@ class VLLMEngine(RolloutEngine):
         if s.weight_sync == "adapter":
             from vllm.lora.request import LoRARequest
 
-            from modules.distributed import is_sharded
+            from modules.sharded import is_sharded
 
             if is_sharded(self.policy.model):
                 raise ValueError("model.vllm.weight_sync='adapter' under FSDP: each rank's engine needs the whole "
@@ -207,7 +207,7 @@ class VLLMEngine(RolloutEngine):
             # a new id per version: vLLM caches adapters by id
             self._lora_request = LoRARequest(f"policy-v{self._version}", self._version, path)
         else:
-            from modules.distributed import gathered_for_generation
+            from modules.sharded import gathered_for_generation
 
             with gathered_for_generation(self.policy.model):  # FSDP: whole weights on every rank, then resharded
                 load_weights(llm, merged_named_weights(self.policy.model))

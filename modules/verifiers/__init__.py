@@ -14,20 +14,20 @@ from modules.verifiers.llm import (
     PRESETS,
     TINYV_PROMPT,
     LLMVerifier,
-    VerifierSettings,
-    build_verifier,
     clear_verifier_cache,
     fill_prompt,
     load_verifier_policy,
     parse_final_decision,
     parse_true_false,
 )
+from modules.verifiers.factory import VERIFIER_KINDS, VerifierSettings, build_verifier
 from modules.verifiers.rule import MathRuleVerifier, RuleStubVerifier, equivalent, normalize_answer, parse_number
 
 __all__ = [
     "GENERAL_VERIFIER_PROMPT",
     "PRESETS",
     "TINYV_PROMPT",
+    "VERIFIER_KINDS",
     "CallableVerifier",
     "LLMVerifier",
     "MathRuleVerifier",

@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
-from datamodules.tasks.logic import evaluate, label_from_rows, to_python, truth_table
+from modules.papers.mot.logic import evaluate, label_from_rows, to_python, truth_table
 from modules.rewards.registry import completion_text, register_reward
 
 MODALITIES = ("nl", "code", "truth_table")
@@ -474,16 +474,6 @@ def oracle_rationale(problem: dict, modality: str) -> str:
                       f"The conclusion: {verdict}.", answer_line(label)])
 
 
-def few_shot_examples(modality: str, k: int, *, seed: int = 10_000) -> list[tuple[str, str]]:
-    """`k` (question, oracle rationale) pairs on small problems (3 atoms, 2 premises) for round-0 prompts."""
-    from datamodules.tasks.logic import make_logic
-
-    if k <= 0:
-        return []
-    problems = make_logic(k, seed=seed, num_atoms=(3, 3), num_premises=(2, 2), split="all")
-    return [(p["question"], oracle_rationale(p, modality)) for p in problems]
-
-
 # ---------------------------------------------------------------------------------------------- rewards
 @register_reward("mot_accuracy")
 def mot_accuracy(prompts: list, completions: list, answer: list, **kwargs: Any) -> list[float | None]:
@@ -622,6 +612,6 @@ def run_code_sandboxed(code: str, timeout: float = 5.0, *, memory_mb: int = 512,
 
 __all__ = ["CHECKERS", "CHOICES", "DEFAULT_PRIORITY", "INSTRUCTIONS", "MODALITIES", "SandboxResult", "Verdict",
            "answer_line", "build_prompt", "check_code", "check_format", "check_nl", "check_truth_table",
-           "clean_completion", "extract_answer", "few_shot_examples", "filter_rationales", "majority_vote",
+           "clean_completion", "extract_answer", "filter_rationales", "majority_vote",
            "mot_accuracy", "mot_format", "normalize_label", "oracle_rationale", "parse_truth_table",
            "run_code_sandboxed"]

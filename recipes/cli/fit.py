@@ -1,23 +1,10 @@
-"""`r1`: the recipe command line (LightningCLI).
-
-    r1 list                                        recipes, their papers and configs
-    r1 fit --config recipes/configs/grpo.yaml      train (any --trainer.*, --model.*, --data.* override)
-    r1 fit --config ... --ckpt_path last.ckpt      resume
-    r1 compare --configs a.yaml b.yaml [overrides] train each config in turn, then a table of their evaluations
-    r1 compare --preset ppe [overrides]            the five pPE prior-prompt configs (recipes/compare.py)
-    r1 run --config recipes/pipelines/lhrm.yaml [--restart_from STAGE]   a multi-stage pipeline (SFT -> RL, ...)
-    r1 cloud fit --config ... --machine H100_X_8   the same run as a Lightning AI job (docs/cloud.md)
-    r1 subspaces --config recipes/configs/safety_subspaces.yaml   safety-subspace analysis (not a fit config)
-
-A bad config exits with status 2 and one line naming the field and the fix (no traceback).
-"""
+"""`r1 fit` (and `validate`, ...): the recipes' LightningCLI, and the one-line reports of config errors."""
 
 from __future__ import annotations
 
 import os
 import re
 import sys
-import warnings
 
 # Before torch is imported: spinning OpenMP threads make a small CPU box collapse when anything else runs
 # beside the job (see benchmarks/grpo_step.py); passive waiting costs nothing when the job runs alone.
@@ -25,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from recipes.registry import CONFIG_DIR, RECIPES, recipe_table  # noqa: E402
 
 EXIT_CONFIG_ERROR = 2
 
@@ -129,45 +115,11 @@ def build_cli(args: list[str] | None, *, run: bool = True) -> LightningCLI:
                         auto_configure_optimizers=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from_shell = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "list":
-        from rich.console import Console
-
-        # Piped output (scripts, tests) gets a wide console so rows are not wrapped mid-word.
-        console = Console(width=None if sys.stdout.isatty() else 200)
-        console.print(recipe_table())
-        console.print("train one: r1 fit --config recipes/configs/<config>; its options: "
-                      "r1 fit --config recipes/configs/<config> --print_config; pipelines: recipes/pipelines/")
-        return 0
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        print(f"\nrecipes: {', '.join(RECIPES)}  (configs in {CONFIG_DIR})")
-        print("\nOptions: `r1 fit --help` lists every --trainer/--model/--data option; "
-              "`r1 fit --model.help recipes.laser.LASER` one recipe's options with their docs; "
-              "`r1 compare --help`, `r1 run --help`, `r1 cloud fit --help`, `r1 subspaces --help`.")
-        return 0
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    if argv and argv[0] == "compare":
-        from recipes.compare import main as compare_main
-
-        return compare_main(argv[1:])
-    if argv and argv[0] == "run":
-        from recipes.stages import main as run_main
-
-        return run_main(argv[1:])
-    if argv and argv[0] == "subspaces":
-        from recipes.safety_subspaces import main as subspaces_main
-
-        return subspaces_main(argv[1:])
-    if argv and argv[0] == "cloud":
-        from recipes.cloud import main as cloud_main
-
-        return cloud_main(argv[1:])
+def run_fit(argv: list[str] | None) -> int:
+    """`r1 fit ...` (or any LightningCLI subcommand) over `argv` (None: sys.argv); a config error is one line on
+    stderr and exit status 2."""
     try:
-        build_cli(None if from_shell else argv)
+        build_cli(argv)
     except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises
         line = config_error_line(err)
         if line is None:
@@ -175,7 +127,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1: error: {line}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

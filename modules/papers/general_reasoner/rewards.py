@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from modules.rewards.accuracy import extract_boxed
 from modules.rewards.registry import completion_text, register_reward
-from modules.rewards.tinyv import add_counts
+from modules.papers.tinyv.rewards import add_counts
 
 if TYPE_CHECKING:
     from modules.verifiers.base import Verifier

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.registry import CONFIG_DIR
+from recipes.cli.registry import CONFIG_DIR
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "ppe": ("ppe_think.yaml", "ppe_plan.yaml", "ppe_code.yaml", "ppe_knowledge.yaml", "ppe_examples.yaml"),
@@ -115,7 +115,7 @@ def train_one(config: Path, name: str, overrides: list[str], run_dir: Path, form
     """Train `config` with `overrides` in `run_dir` (in this process) and read its held-out evaluations."""
     from callbacks.evaluation import HeldOutEval
     from recipes.base import RecipeConfigError
-    from recipes.cli import build_cli
+    from recipes.cli.fit import build_cli
 
     cli = build_cli(["--config", str(config), *overrides, "--trainer.default_root_dir", str(run_dir)], run=False)
     trainer, model = cli.trainer, cli.model
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> int:
     """`r1 compare ...`; returns the exit status (2 for a bad option or config, naming it)."""
     from rich.console import Console
 
-    from recipes.cli import EXIT_CONFIG_ERROR, config_error_line
+    from recipes.cli.fit import EXIT_CONFIG_ERROR, config_error_line
 
     argv = list(argv)
     after = argv.index("--") if "--" in argv else len(argv)

@@ -164,7 +164,7 @@ class StageOutput(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model_dir = self.directory / "model"
         policy = getattr(pl_module, "policy", None)
-        from modules.distributed import is_sharded
+        from modules.sharded import is_sharded
 
         if not trainer.is_global_zero and policy is not None and is_sharded(policy.model):
             policy.save_merged(model_dir)  # FSDP: every rank gathers; rank 0 writes
@@ -216,7 +216,7 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
 def _resolve_config(config: Any, pipeline_path: Path) -> dict[str, Any]:
     if isinstance(config, dict):
         return copy.deepcopy(config)
-    from recipes.registry import CONFIG_DIR
+    from recipes.cli.registry import CONFIG_DIR
 
     candidates = [Path(config)] if Path(config).is_absolute() else [pipeline_path.parent / config, CONFIG_DIR / config,
                                                                      Path.cwd() / config]
@@ -239,7 +239,7 @@ def _fit_config(stage: dict, spec: dict, stage_dir: Path, start_model: str | Non
         set_dotted(config, key, substitute(value, refs))
     callbacks = config["trainer"].get("callbacks") or []
     callbacks = [callbacks] if isinstance(callbacks, dict) else list(callbacks)
-    callbacks.append({"class_path": "recipes.stages.StageOutput", "init_args": {"directory": str(stage_dir)}})
+    callbacks.append({"class_path": "recipes.cli.stages.StageOutput", "init_args": {"directory": str(stage_dir)}})
     config["trainer"]["callbacks"] = callbacks
     return config
 
@@ -307,11 +307,11 @@ def _run_stage(name: str, stage_dir: Path, resolved: dict[str, Any], start_model
         outputs = {"model_path": start_model, **out}
         kind = "call"
     else:
-        from recipes.cli import main as cli_main
+        from recipes.cli.fit import run_fit
 
         config_path = stage_dir / "fit_config.yaml"
         config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        code = cli_main(["fit", "--config", str(config_path)])
+        code = run_fit(["fit", "--config", str(config_path)])
         _free_memory()
         if code != 0:
             raise StageError(f"stage {name!r}: r1 fit exited with status {code} (the error is printed above); "
@@ -351,7 +351,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """`r1 run`: run a pipeline file. Returns 0 on success, 1 when a stage fails, 2 for a bad pipeline/option."""
     parser = argparse.ArgumentParser(prog="r1 run", description=__doc__.split("\n\n")[0],
-                                     epilog="See recipes/stages.py for the pipeline format.")
+                                     epilog="See recipes/cli/stages.py for the pipeline format.")
     parser.add_argument("--config", required=True, help="the pipeline YAML file")
     parser.add_argument("--restart_from", help="rerun this stage and every stage after it")
     parser.add_argument("--root", help="output root (default: the file's `root`)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules.tapo.thoughts import (
+from modules.papers.tapo.thoughts import (
     ACTIONS,
     COMPLETION_HEADER,
     PROMPT_HEADER,

@@ -84,12 +84,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def check_config(config: str, overrides: list[str]) -> dict:
     """Parse the config with the same CLI the job runs (fails fast on a bad key); returns the parsed config."""
-    from recipes.cli import main as r1_main
+    from recipes.cli.fit import run_fit
 
     out = io.StringIO()
     try:
         with redirect_stdout(out):
-            code = r1_main(["fit", "--config", config, *overrides, "--print_config"])
+            code = run_fit(["fit", "--config", config, *overrides, "--print_config"])
     except SystemExit as stop:
         code = stop.code or 0
     if code:

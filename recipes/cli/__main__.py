@@ -1,0 +1,3 @@
+from recipes.cli.main import main
+
+raise SystemExit(main())

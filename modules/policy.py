@@ -134,6 +134,7 @@ class Policy(nn.Module):
         if quantization is not None:
             from peft import prepare_model_for_kbit_training
 
+            _keep_4bit_layout(model)
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
         elif gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -285,6 +286,19 @@ class Policy(nn.Module):
         merged.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         return directory
+
+
+def _keep_4bit_layout(model: nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit weights in their training layout on CPUs with AVX512-BF16.
+
+    bitsandbytes >= 0.49 repacks a `Linear4bit`'s weight for its AVX512-BF16 CPU kernel the first time the module
+    runs in eval mode without gradients (our `generate`), and never unpacks it: the next training forward then
+    fails in autograd (an in-place bias add on a leaf's view) and scores with bf16 block scales instead of the
+    trained ones. A policy trains and samples with the same weights, so the repacking is turned off (measured on a
+    CPU with avx512_bf16: QLoRA training failed on the step after the first `generate`)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _apply_lora(model: nn.Module, lora: LoraSettings | dict) -> nn.Module:

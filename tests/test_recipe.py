@@ -112,13 +112,19 @@ def test_lora_checkpoint_holds_only_adapter_weights(tiny_model_path, tmp_path):
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_micro_batching_does_not_change_the_gradient(tiny_model_path, loss_type):
-    """Accumulating over micro-batches gives the mini-batch gradient (bnpo: TRL's per-micro mean, equal
-    micro sizes with equal token counts are exact only for the other types, so it is checked on its own)."""
+    """Accumulating over micro-batches gives the mini-batch gradient. bnpo (TRL's token mean per micro-batch) is
+    exact only when the micro-batches hold equal token counts, so it is checked against its own definition: rows of
+    different lengths make its token mean differ from grpo's mean of per-row means."""
     L.seed_everything(0)
     recipe = _recipe(tiny_model_path, loss_type=loss_type)
     rows = ROWS[:2]
     rollout = recipe.generate_and_score(rows)
     rollout.advantages = recipe.compute_advantages(rollout)
+    if loss_type == "bnpo":  # rows of 1, 2, ... trained tokens, each with its own non-zero advantage
+        n, t = rollout.completion_mask.shape
+        lengths = torch.arange(n) % t + 1
+        rollout.completion_mask = rollout.completion_mask * (torch.arange(t)[None, :] < lengths[:, None])
+        rollout.advantages = torch.linspace(-1.0, 1.0, n)  # n = 8: no zero
     grads = []
     for micro in (8, 2):
         recipe.policy.model.zero_grad()
@@ -126,12 +132,37 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_path, loss_type)
             loss, _ = recipe.loss(mb, mini_rows=len(rollout), mini_tokens=int(rollout.completion_mask.sum()))
             loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in recipe.policy.trainable_parameters()]))
-    if loss_type == "bnpo":  # token mean per micro-batch: equal only when micro-batches hold equal token counts
-        counts = [int(mb.completion_mask.sum()) for mb in rollout.micro_batches(2)]
-        if len(set(counts)) > 1:
-            assert not torch.allclose(grads[0], grads[1], atol=1e-7)
-            return
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    if loss_type != "bnpo":
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+        return
+
+    def token_losses(mb):  # one iteration: the ratio is 1 with a gradient, nothing is clipped
+        logps, _ = recipe.policy.token_logps(mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
+                                             mb.completion_attention_mask, temperature=recipe.sampling.temperature)
+        old = logps.detach() if mb.old_logps is None else mb.old_logps
+        mask = mb.completion_mask.to(logps.dtype)
+        return -mb.advantages[:, None] * torch.exp(logps - old) * mask, mask
+
+    def token_mean(mb):
+        token, mask = token_losses(mb)
+        return token.sum() / mask.sum()
+
+    def gradient(loss):
+        recipe.policy.model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in recipe.policy.trainable_parameters()])
+
+    token, mask = token_losses(rollout)
+    assert len(set(mask.sum(-1).tolist())) > 1  # rows of different lengths: the normalisations differ
+    sequence_mean = gradient((token.sum(-1) / mask.sum(-1)).mean())  # grpo's
+    torch.testing.assert_close(grads[0], gradient(token_mean(rollout)), atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(grads[0], sequence_mean, atol=1e-5, rtol=1e-3)
+    # micro-batched: each micro-batch's own token mean, weighted by its share of the rows
+    micros = rollout.micro_batches(2)
+    assert len({int(mb.completion_mask.sum()) for mb in micros}) > 1
+    per_micro = sum(len(mb) / len(rollout) * token_mean(mb) for mb in micros)
+    torch.testing.assert_close(grads[1], gradient(per_micro), atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-3)
 
 
 def test_dynamic_sampling_drops_flat_groups_and_refills(tiny_model_path, tmp_path):

@@ -64,10 +64,26 @@ def test_deepspeed_with_loop_clipping_is_refused():
 
 
 def test_ddp_and_single_device_are_untouched():
-    from lightning.pytorch.strategies import DDPStrategy
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    from torch.distributed.tensor import DTensor
 
-    configure_sharding(_recipe(DDPStrategy()))
-    configure_sharding(SimpleNamespace(_trainer=None))
+    from modules.sharded import is_sharded
+
+    model = torch.nn.Linear(4, 4)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    policy = SimpleNamespace(model=model, is_peft=False)
+    recipes = {"ddp": _recipe(DDPStrategy()),  # max_grad_norm=1.0: the loop's clipping is fine without ZeRO
+               "single_device": _recipe(SingleDeviceStrategy("cpu")),
+               "no_trainer": SimpleNamespace(_trainer=None)}
+    for case, recipe in recipes.items():
+        recipe.policy = policy
+        assert configure_sharding(recipe) is None, case
+        assert recipe.policy is policy and policy.model is model, case
+        # fully_shard would swap the class for FSDPLinear and the parameters for DTensors
+        assert type(model) is torch.nn.Linear and not is_sharded(model), case
+        for name, p in model.named_parameters():
+            assert not isinstance(p, DTensor) and torch.equal(p, weights[name]), (case, name)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")

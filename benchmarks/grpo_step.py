@@ -165,9 +165,12 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
     import lightning as L
 
     from datamodules import PromptDataModule
+    from modules.objectives import ObjectiveSettings
+    from modules.optim import OptimizerSettings
     from modules.policy import LoraSettings
     from modules.rollout.engine import SamplingSettings
     from modules.rollout.vllm import VLLMSettings
+    from recipes.base import BatchSettings
     from recipes.grpo import GRPO
 
     records: list[StepRecord] = []
@@ -197,9 +200,11 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
     module = GRPO(
         model_name_or_path=model_path, rewards=[digit_share], lora=lora, dtype="float32",
         sampling=SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature),
-        num_generations=s.num_generations, micro_batch_size=s.micro_batch_size, loss_type="grpo",
-        scale_rewards="group", beta=0.0, skip_zero_signal_steps=False, learning_rate=s.learning_rate,
-        weight_decay=0.0, adam_betas=(0.9, 0.999), max_grad_norm=s.max_grad_norm, lr_schedule="constant",
+        num_generations=s.num_generations,
+        batching=BatchSettings(micro_batch_size=s.micro_batch_size, skip_zero_signal_steps=False),
+        objective=ObjectiveSettings(loss_type="grpo", scale_rewards="group", beta=0.0),
+        optimizer=OptimizerSettings(learning_rate=s.learning_rate, weight_decay=0.0, adam_betas=(0.9, 0.999),
+                                    max_grad_norm=s.max_grad_norm, lr_schedule="constant"),
         rollout_engine=engine, vllm=VLLMSettings(gpu_memory_utilization=s.vllm_gpu_memory_utilization))
     # vLLM: time the engine's own generate (the engine is built here, before the first step)
     timer = GenerateTimer(module.rollout_engine.llm if engine == "vllm" else module.policy.model, s.device)

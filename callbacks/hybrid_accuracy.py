@@ -86,8 +86,8 @@ class HybridAccuracy(PeriodicEvaluation):
         longest = max(len(ids) for ids in prefixes.values())
         for i in range(0, len(rows), self.batch_size):
             prompts, columns = split_rows(rows[i:i + self.batch_size])
-            forced, _ = forced_mode_rollout(engine, prompts, columns, prefixes, k)
-            forced = pl_module.score(forced)
+            forced = forced_mode_rollout(engine, prompts, columns, prefixes, k)
+            forced = pl_module.score(forced, purpose="eval")
             reward = forced.rewards.view(len(prompts), 2, k).tolist()  # (B, mode, k): think first
             length = forced.completion_lengths.view(len(prompts), 2, k).float().tolist()
             for r, n in zip(reward, length):

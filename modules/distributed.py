@@ -107,9 +107,10 @@ def configure_sharding(recipe) -> None:
                             "--config recipes/configs/strategies/fsdp.yaml (modules.distributed.FSDP2Strategy)")
     # by name: lightning's DeepSpeedStrategy cannot be built without deepspeed installed
     deepspeed = any(cls.__name__ == "DeepSpeedStrategy" for cls in type(strategy).__mro__)
-    if deepspeed and recipe.hparams.get("max_grad_norm") is not None:
-        raise ShardingError(f"model.max_grad_norm={recipe.hparams.get('max_grad_norm')} clips p.grad, which DeepSpeed ZeRO "
-                            "partitions away (it would silently clip nothing): set model.max_grad_norm null and clip "
+    clip = recipe.optimizer_settings.max_grad_norm
+    if deepspeed and clip is not None:
+        raise ShardingError(f"model.optimizer.max_grad_norm={clip} clips p.grad, which DeepSpeed ZeRO partitions away "
+                            "(it would silently clip nothing): set model.optimizer.max_grad_norm null and clip "
                             "with DeepSpeed's own `gradient_clipping` in trainer.strategy.init_args.config")
     mesh = recipe.device_mesh
     if mesh is None:

@@ -44,8 +44,9 @@ from modules.papers.disco.rewards import (
     domain_weights,
     self_consistency,
 )
+from modules.objectives import ObjectiveSettings
 from modules.rollout.batch import RolloutBatch
-from recipes.base import RecipeConfigError, RLRecipe
+from recipes.base import RecipeConfigError, RLRecipe, recipe_settings
 
 DOMAIN_COLUMN = "domain"
 
@@ -62,9 +63,7 @@ class DISCO(RLRecipe):
         self_consistency: str = "accuracy",
         domain_mix: dict[str, float] | None = None,
         num_generations: int = 4,
-        scale_rewards: str = "none",
-        beta: float = 1e-3,
-        kl_estimator: str = "k3",
+        objective: ObjectiveSettings = ObjectiveSettings(scale_rewards="none", beta=1e-3),
         accuracy_reward: str | None = "domain_correct",
         **kwargs: Any,
     ) -> None:
@@ -81,14 +80,13 @@ class DISCO(RLRecipe):
             domain_mix: Fixed {domain: count or proportion} for the domain weights instead of counting the
                 training rows' `domain` column (e.g. {math: 0.75, arc: 0.0833, ...} for the paper's constants).
             num_generations: G (4 as released).
-            scale_rewards: none (DISCO: mean-centred, no std) or batch (divide by the batch std; keeps the
-                relative weights, not the paper's). group is refused: it cancels both weights.
-            beta: KL loss coefficient (1e-3 as released).
-            kl_estimator: KL estimator (k3 as released).
+            objective: As released: advantages without std (scale_rewards none; batch divides by the batch std and
+                keeps the relative weights; group is refused: it cancels both weights), k3 KL loss, beta 1e-3.
             accuracy_reward: The base 0/1 correctness reward r that DISCO scales; must name one of `rewards`.
         """
-        if scale_rewards == "group":
-            raise RecipeConfigError("model.scale_rewards='group' cancels DISCO's weights (they are constant within a "
+        objective = recipe_settings(type(self), ObjectiveSettings, objective, "objective")
+        if objective.scale_rewards == "group":
+            raise RecipeConfigError("model.objective.scale_rewards='group' cancels DISCO's weights (they are constant within a "
                                     "group, so dividing by the group std removes them); use none (DISCO) or batch")
         for field, value, allowed in (("domain_weighting", domain_weighting, (*DOMAIN_WEIGHT_FORMS, "none")),
                                       ("difficulty_weighting", difficulty_weighting, (*DIFFICULTY_FORMS, "none")),
@@ -97,8 +95,8 @@ class DISCO(RLRecipe):
                 raise RecipeConfigError(f"model.{field}={value!r}; use one of {', '.join(allowed)}")
         if not difficulty_eps > 0:
             raise RecipeConfigError(f"model.difficulty_eps={difficulty_eps}; it must be > 0 (sc can be 0)")
-        super().__init__(*args, num_generations=num_generations, scale_rewards=scale_rewards, beta=beta,
-                         kl_estimator=kl_estimator, accuracy_reward=accuracy_reward, **kwargs)
+        super().__init__(*args, num_generations=num_generations, objective=objective, accuracy_reward=accuracy_reward,
+                         **kwargs)
         if self.accuracy_reward is None:
             raise RecipeConfigError(f"model.accuracy_reward={accuracy_reward!r} is not one of model.rewards "
                                     f"{list(self.reward_set.names)}; DISCO scales this 0/1 correctness reward "
@@ -106,7 +104,6 @@ class DISCO(RLRecipe):
         self.domain_weight: dict[str, float] | None = None
         if domain_mix is not None:
             self.set_domain_weights(domain_mix)
-        self._eval_records: list[tuple[list, list[float]]] | None = None  # set while evaluate() runs
 
     # ------------------------------------------------------------------ domain weights
     def set_domain_weights(self, domains: Mapping[str, float] | list[str]) -> dict[str, float]:
@@ -155,19 +152,20 @@ class DISCO(RLRecipe):
         return self_consistency(base.cpu(), rollout.group_ids.cpu(), mode=self.hparams.self_consistency,
                                 predictions=predictions)
 
-    def score(self, rollout: RolloutBatch) -> RolloutBatch:
-        """Base rewards, then r~ = w_dom * w_diff * r_base + (other reward functions) in rollout.rewards.
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
+        """Base rewards, then (training only) r~ = w_dom * w_diff * r_base + (other reward functions) in
+        rollout.rewards; held-out evaluation reports the unweighted reward.
 
         rollout.rewards_per_func keeps the unweighted values (logged as rewards/<name>, accuracy)."""
-        rollout = super().score(rollout)
-        if self._eval_records is not None:  # held-out evaluation reports the unweighted reward
+        rollout = super().score(rollout, purpose=purpose, **reward_kwargs)
+        if purpose != "train":
             return rollout
         if self.domain_weight is None:
             raise RecipeConfigError("DISCO has no domain weights yet: they are computed at fit start from the "
                                     "training rows; outside Trainer.fit call set_domain_weights() or set "
                                     "model.domain_mix")
         domains = self._domains(rollout)
-        base = self._accuracy_column(rollout).double().cpu()  # (N,) unweighted r, None -> 0
+        base = self.accuracy_values(rollout).double().cpu()  # (N,) unweighted r, None -> 0
         hp = self.hparams
         difficulty = None if hp.difficulty_weighting == "none" else hp.difficulty_weighting
         try:
@@ -180,10 +178,10 @@ class DISCO(RLRecipe):
         rollout.rewards = rollout.rewards + (w_base * (weighted - base)).to(rollout.rewards)
         return rollout
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
-        """Per-domain accuracy / weighted reward / prompt count and DISCO's weights, into the step's metrics."""
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        """Per-domain accuracy / weighted reward / prompt count and DISCO's weights."""
         domains = self._domains(rollout)
-        base = self._accuracy_column(rollout).double().cpu()  # (N,)
+        base = self.accuracy_values(rollout).double().cpu()  # (N,)
         names = sorted(self.domain_weight)
         stats = torch.zeros(len(names), 3, dtype=torch.float64)  # (D, [correct, reward, rows])
         for d, acc, reward in zip(domains, base.tolist(), rollout.rewards.double().cpu().tolist()):
@@ -199,7 +197,7 @@ class DISCO(RLRecipe):
         if self.trainer.world_size > 1:  # every rank logs the same keys (log_dict syncs them)
             stats = self.all_gather(stats.to(self.device)).reshape(-1, len(names), 3).sum(0).cpu()
             extra = self.all_gather(extra.to(self.device)).reshape(-1, 4).sum(0).cpu()
-        metrics = self.step_metrics
+        metrics: dict[str, float] = {}
         for d, (correct, reward, n) in zip(names, stats.tolist()):
             # Every domain every step: Lightning would repeat a key's last value in a step that skips it.
             metrics[f"domain/{d}/count"] = n / g  # prompts of the step
@@ -208,30 +206,18 @@ class DISCO(RLRecipe):
         metrics["disco/self_consistency"] = float(extra[0] / extra[1])
         if hp.difficulty_weighting != "none":  # mean over groups with a correct sample (0 if none)
             metrics["disco/difficulty_weight"] = float(extra[2] / extra[3]) if extra[3] > 0 else 0.0
+        return metrics
 
     # ------------------------------------------------------------------ evaluation
-    def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
-                           ) -> RolloutBatch:
-        rollout = super().generate_and_score(rows, greedy=greedy, num_generations=num_generations)
-        if self._eval_records is not None and greedy:
-            self._eval_records.append((rollout.columns.get(DOMAIN_COLUMN) or [None] * len(rollout),
-                                       self._accuracy_column(rollout).tolist()))
-        return rollout
-
-    @torch.no_grad()
-    def evaluate(self, rows: list[dict], *, k: int = 1, batch_size: int = 16) -> dict[str, float]:
-        """The shared held-out metrics plus greedy accuracy per domain (eval/domain/<d>/accuracy, /count)."""
-        self._eval_records = []
-        try:
-            out = super().evaluate(rows, k=k, batch_size=batch_size)
-            records = self._eval_records
-        finally:
-            self._eval_records = None
+    def eval_metrics(self, rollouts: list[RolloutBatch]) -> dict[str, float]:
+        """Greedy held-out accuracy per domain (eval/domain/<d>/accuracy, /count)."""
         per: dict[str, list[float]] = {}
-        for domains, accs in records:
-            for d, acc in zip(domains, accs):
+        for rollout in rollouts:
+            domains = rollout.columns.get(DOMAIN_COLUMN) or [None] * len(rollout)
+            for d, acc in zip(domains, self.accuracy_values(rollout).tolist()):
                 if d is not None:
                     per.setdefault(str(d), []).append(acc)
+        out = {}
         for d, accs in sorted(per.items()):
             out[f"eval/domain/{d}/accuracy"] = sum(accs) / len(accs)
             out[f"eval/domain/{d}/count"] = float(len(accs))

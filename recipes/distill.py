@@ -34,7 +34,8 @@ from modules.papers.distill.filters import (combine, comparison_rows, comparison
                              think_answer_filter, verify_filter)
 from modules.policy import Policy
 from modules.sft import response_nll, sft_example
-from recipes.base import RecipeConfigError, split_rows
+from modules.rollout.engine import split_rows
+from recipes.base import RecipeConfigError
 from recipes.sft import SFT
 
 PAPER_SYSTEM_PROMPT = (

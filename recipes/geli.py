@@ -34,7 +34,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.tasks.dialogues import make_dialogue_sessions, turn_quality
@@ -49,6 +48,7 @@ from modules.papers.geli.reward_model import (
     train_reward_model,
     turn_examples,
 )
+from modules.objectives import ObjectiveSettings
 from modules.rewards.registry import completion_text
 from modules.rollout.batch import RolloutBatch
 from recipes.base import RecipeConfigError, RLRecipe
@@ -71,7 +71,7 @@ class GELI(RLRecipe):
         eval_sessions: int = 100,
         session_noise: float = 0.05,
         session_seed: int = 0,
-        beta: float = 0.05,
+        objective: ObjectiveSettings = ObjectiveSettings(beta=0.05),
         accuracy_reward: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -88,10 +88,10 @@ class GELI(RLRecipe):
             eval_sessions: Fresh synthetic sessions (other seed) on which rm_corr is measured.
             session_noise: Std of the noise in the session score R_GE = mean(q_t) + noise.
             session_seed: Seed of the stage-0 sessions (rm_corr uses session_seed + 1).
-            beta: KL coefficient to the reference policy (0.05 by default; [unverified]).
+            objective: The shared objective; KL coefficient to the reference policy beta 0.05 ([unverified]).
             accuracy_reward: Reward logged as accuracy (none by default: dialogue has no correct answer).
         """
-        super().__init__(*args, beta=beta, accuracy_reward=accuracy_reward, **kwargs)
+        super().__init__(*args, objective=objective, accuracy_reward=accuracy_reward, **kwargs)
         self.decomposer_settings = _settings(DecomposerSettings, decomposer, "decomposer")
         self.rm_settings = _settings(RewardModelSettings, reward_model, "reward_model")
         try:
@@ -113,8 +113,7 @@ class GELI(RLRecipe):
         if "rm_path" in bound:
             raise RecipeConfigError(f"model.rewards: do not set kwargs.rm_path of {REWARD_NAME!r} in the GELI recipe; "
                                     "set model.reward_model_path (the recipe trains and passes it)")
-        self._geli_metrics: dict[str, float] = {}
-        self._eval_quality: list[float] | None = None
+        self._geli_metrics: dict[str, float] = {}  # stage 0's results, set at fit start and logged every step
 
     # ------------------------------------------------------------------ stage 0
     @property
@@ -175,32 +174,18 @@ class GELI(RLRecipe):
         rank_zero_info("LLM-GELI reward model: " + ", ".join(f"{k}={v:.4g}" for k, v in self._geli_metrics.items()))
 
     # ------------------------------------------------------------------ hooks
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
-        return {**super().reward_kwargs(rollout), "rm_path": str(self.reward_model_dir)}
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
+        """Passes `rm_path` (the distilled reward model) to the `geli_rm` reward."""
+        return super().score(rollout, purpose=purpose, rm_path=str(self.reward_model_dir), **reward_kwargs)
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
         quality = hidden_quality(rollout.prompts, rollout.completions)
-        self.step_metrics.update(self._geli_metrics)
-        self.step_metrics["geli/hidden_quality"] = sum(quality) / len(quality)
+        return {**self._geli_metrics, "geli/hidden_quality": sum(quality) / len(quality)}
 
-    def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
-                           ) -> RolloutBatch:
-        rollout = super().generate_and_score(rows, greedy=greedy, num_generations=num_generations)
-        if self._eval_quality is not None and greedy:  # inside evaluate(): keep the greedy turns' hidden quality
-            self._eval_quality.extend(hidden_quality(rollout.prompts, rollout.completions))
-        return rollout
-
-    @torch.no_grad()
-    def evaluate(self, rows: list[dict], *, k: int = 1, batch_size: int = 16) -> dict[str, float]:
-        """The shared held-out metrics plus eval/geli/hidden_quality of the greedy turns."""
-        self._eval_quality = []
-        try:
-            out = super().evaluate(rows, k=k, batch_size=batch_size)
-            quality = self._eval_quality
-            out["eval/geli/hidden_quality"] = sum(quality) / len(quality) if quality else math.nan
-        finally:
-            self._eval_quality = None
-        return out
+    def eval_metrics(self, rollouts: list[RolloutBatch]) -> dict[str, float]:
+        """eval/geli/hidden_quality of the greedy turns."""
+        quality = [q for r in rollouts for q in hidden_quality(r.prompts, r.completions)]
+        return {"eval/geli/hidden_quality": sum(quality) / len(quality) if quality else math.nan}
 
 
 def hidden_quality(prompts: list, completions: list) -> list[float]:

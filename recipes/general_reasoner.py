@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modules.objectives import ObjectiveSettings
 from modules.papers.general_reasoner.rewards import general_verifier_step_metrics
 from modules.rollout.batch import RolloutBatch
 from modules.verifiers import VerifierSettings
@@ -46,11 +47,8 @@ class GeneralReasoner(VerifiedRecipe):
         self,
         *args: Any,
         verifier: VerifierSettings | None = None,
-        epsilon_low: float = 0.3,
-        delta: float | None = 10.0,
-        beta: float = 1e-4,
-        kl_estimator: str = "low_var_kl",
-        entropy_coef: float = 1e-3,
+        objective: ObjectiveSettings = ObjectiveSettings(epsilon_low=0.3, delta=10.0, beta=1e-4,
+                                                         kl_estimator="low_var_kl", entropy_coef=1e-3),
         accuracy_reward: str | None = REWARD,
         **kwargs: Any,
     ) -> None:
@@ -59,21 +57,16 @@ class GeneralReasoner(VerifiedRecipe):
             verifier: The answer verifier: kind rule (CPU stub writing "Final Decision: Yes/No") or llm
                 (model_name_or_path, prompt [default general_verifier], max_new_tokens [default 2048], batch_size,
                 retries, dtype, chat_template [default never], stop). Default: kind llm with smollm2-135m-instruct.
-            epsilon_low: Clip range (0.3 as released; epsilon_high defaults to it).
-            delta: Cap on the unclipped ratio; 10 reproduces veRL's dual-clip c = 10 (null = off).
-            beta: KL loss coefficient (1e-4 as released).
-            kl_estimator: KL estimator (low_var_kl as released).
-            entropy_coef: Entropy bonus coefficient (1e-3 as released).
+            objective: As released: clip 0.3 (epsilon_high defaults to it), delta 10 (veRL's dual-clip c = 10),
+                low_var_kl KL loss 1e-4, entropy bonus 1e-3.
             accuracy_reward: Reward logged as accuracy (note: general_verifier values lie in [-0.5, 1]; the
                 share judged equivalent is train/verifier/accuracy).
         """
-        super().__init__(*args, verifier=verifier, epsilon_low=epsilon_low, delta=delta, beta=beta,
-                         kl_estimator=kl_estimator, entropy_coef=entropy_coef, accuracy_reward=accuracy_reward,
-                         **kwargs)
+        super().__init__(*args, verifier=verifier, objective=objective, accuracy_reward=accuracy_reward, **kwargs)
 
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
         """Adds the policy's `tokenizer` (for ntok) to the verifier keywords."""
-        return {**super().reward_kwargs(rollout), "tokenizer": self.policy.tokenizer}
+        return super().score(rollout, purpose=purpose, tokenizer=self.policy.tokenizer, **reward_kwargs)
 
     def verifier_step_metrics(self, counts: dict[str, float], step_seconds: float) -> dict[str, float]:
         return general_verifier_step_metrics(counts, step_seconds)

@@ -6,7 +6,7 @@ Not RL: supervised instruction tuning (`recipes.sft.SFT`, loss on the answer onl
 `modules.papers.geter.graph_prefix` pools the query and reasoning-chain quads into mean(concat(e_s, e_r, e_o)) (3d), a linear
 projector maps it to the LM hidden size, and the result is spliced before the prompt embeddings (mask 1, label
 -100). The projector (and the encoder when `train_encoder`) trains jointly with the LoRA adapter; both are
-trainable parameters, so `RLRecipe.on_save_checkpoint` keeps them in checkpoints. Held-out generation uses the same
+trainable parameters, so `PolicyModule.on_save_checkpoint` keeps them in checkpoints. Held-out generation uses the same
 prefix (`PrefixGenerateEngine`, generation from inputs_embeds) and reports label accuracy (overall and per label)
 and explanation BLEU-4 / ROUGE-L (0-100, torchmetrics).
 
@@ -106,7 +106,6 @@ class GETER(SFT):
             self.encoder.requires_grad_(train_encoder)
             hidden = self.policy.model.get_input_embeddings().embedding_dim
             self.projector = GraphPrefixProjector(self.encoder.out_dim, hidden, num_prefix_tokens)
-            self.rollout_engine = self.build_rollout()  # now that the prefix exists, generate with it
 
     # ------------------------------------------------------------------ the graph token
     def graph_prefix_embeddings(self, query: Tensor, chains: Tensor, chain_mask: Tensor) -> Tensor:
@@ -126,8 +125,9 @@ class GETER(SFT):
             batch["query"], batch["chains"], batch["chain_mask"] = self._graph_tensors(rows)
         return batch
 
-    def forward_loss(self, batch: dict[str, Tensor], *, reduction: str = "mean") -> tuple[Tensor, int]:
-        """Embed the tokens, splice the graph token before the prompt, forward from inputs_embeds, SFT loss."""
+    def forward_loss(self, batch: dict[str, Tensor], *, reduction: str = "mean") -> tuple[Tensor, int, dict[str, float]]:
+        """Embed the tokens, splice the graph token before the prompt, forward from inputs_embeds, SFT loss; the
+        metrics are the prefix's norm and the chains per row."""
         if self.encoder is None:
             return super().forward_loss(batch, reduction=reduction)
         model = self.policy.model
@@ -135,10 +135,9 @@ class GETER(SFT):
         prefix = self.graph_prefix_embeddings(batch["query"], batch["chains"], batch["chain_mask"])  # (B, k, H)
         embeds, mask, labels = splice_prefix(embeds, batch["attention_mask"], batch["labels"], prefix.to(embeds.dtype))
         out = model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)  # logits (B, k+L, V)
-        if self.training:
-            self.step_metrics = {"graph/prefix_norm": float(prefix.detach().norm(dim=-1).mean()),
-                                 "graph/chains_per_row": float(batch["chain_mask"].sum(1).float().mean())}
-        return sft_loss(out.logits, labels, reduction=reduction)
+        metrics = {"graph/prefix_norm": float(prefix.detach().norm(dim=-1).mean()),
+                   "graph/chains_per_row": float(batch["chain_mask"].sum(1).float().mean())}
+        return (*sft_loss(out.logits, labels, reduction=reduction), metrics)
 
     def _columns_prefix(self, columns: dict[str, list[Any]]) -> Tensor:
         """(B, k, H) prefix for the generation engine from the batch columns `query` and `chains`."""
@@ -150,10 +149,10 @@ class GETER(SFT):
 
     def build_rollout(self):
         """HF generate with the graph token before each prompt (plain HF generate without `graph_prefix`)."""
-        if getattr(self, "projector", None) is None:  # RLRecipe.__init__ builds it before the prefix exists
+        if self.projector is None:
             return super().build_rollout()
         return PrefixGenerateEngine(self.policy, self.sampling, prefix_fn=self._columns_prefix,
-                                    generation_batch_size=self.hparams.generation_batch_size)
+                                    generation_batch_size=self.generation_batch_size)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The policy's trainable weights, then the graph prefix's (projector; encoder when trained)."""
@@ -164,31 +163,18 @@ class GETER(SFT):
         return groups
 
     # ------------------------------------------------------------------ evaluation
-    def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
-                           ) -> RolloutBatch:
-        rollout = super().generate_and_score(rows, greedy=greedy, num_generations=num_generations)
-        if greedy and getattr(self, "_eval_capture", None) is not None:
-            self._eval_capture.append(rollout)
-        return rollout
-
-    @torch.no_grad()
-    def evaluate(self, rows: list[dict], *, k: int = 1, batch_size: int = 16) -> dict[str, float]:
-        """SFT's held-out metrics plus eval/accuracy/<label> and eval/bleu4, eval/rougeL of the explanations
-        (the text after the label) against the rows' `explanation` column, from the greedy answers."""
-        captured: list[RolloutBatch] = []
-        self._eval_capture = captured
-        try:
-            out = super().evaluate(rows, k=k, batch_size=batch_size)
-        finally:
-            self._eval_capture = None
-        completions = [c for r in captured for c in r.completions]
-        golds = [g for r in captured for g in r.columns.get("label", [None] * len(r))]
+    def eval_metrics(self, rollouts: list[RolloutBatch]) -> dict[str, float]:
+        """eval/accuracy/<label> and eval/bleu4, eval/rougeL of the explanations (the text after the label) against
+        the rows' `explanation` column, from the greedy answers."""
+        out: dict[str, float] = {}
+        completions = [c for r in rollouts for c in r.completions]
+        golds = [g for r in rollouts for g in r.columns.get("label", [None] * len(r))]
         parsed = [parse_answer(c) for c in completions]
         for label in LABELS:
             hits = [p[0] == label for p, g in zip(parsed, golds) if g == label]
             if hits:
                 out[f"eval/accuracy/{label.lower()}"] = sum(hits) / len(hits)
-        refs = [e for r in captured for e in r.columns.get("explanation", [None] * len(r))]
+        refs = [e for r in rollouts for e in r.columns.get("explanation", [None] * len(r))]
         pairs = [(p[1], ref) for p, ref in zip(parsed, refs) if isinstance(ref, str)]
         if pairs:
             scores = explanation_scores([p for p, _ in pairs], [r for _, r in pairs])

@@ -36,10 +36,12 @@ from modules.papers.hgpo.rollout import (MODE_COLUMN, MODE_TOKENS, choose_modes,
                                        tag_token_ids)
 from modules.papers.hgpo.objectives import NO_THINK, NORMS, THINK, TIE_RULES, hgpo_advantages, hgpo_rewards, mode_token_mask
 from modules.papers.hgpo.rewards import closing_tag
+from modules.objectives import ObjectiveSettings
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
-from recipes.base import RecipeConfigError, RLRecipe, split_rows
+from modules.rollout.engine import split_rows
+from recipes.base import RecipeConfigError, RLRecipe, recipe_settings
 
 
 
@@ -59,9 +61,8 @@ class HGPO(RLRecipe):
         mode_token: str = "first_divergent",
         log_think_rate: bool = True,
         num_generations: int = 4,
-        epsilon_low: float = 0.5,
-        beta: float = 0.001,
-        sampling: SamplingSettings | None = None,
+        objective: ObjectiveSettings = ObjectiveSettings(epsilon_low=0.5, beta=0.001),
+        sampling: SamplingSettings = SamplingSettings(temperature=0.6, top_p=0.95),
         accuracy_reward: str | None = "hybrid_correct",
         **kwargs: Any,
     ) -> None:
@@ -81,10 +82,9 @@ class HGPO(RLRecipe):
             log_think_rate: Each step, sample a few free tokens per prompt and log the share that opens with the
                 think tag (train/hgpo/think_rate) or with neither tag (train/hgpo/no_mode_rate).
             num_generations: N, responses per prompt, half per mode (the paper: 4, i.e. 2 per mode); even.
-            epsilon_low: Clip range of the importance ratio (the paper: 0.5).
-            beta: Coefficient of the k3 KL to the reference (the paper: 0.001).
-            sampling: Sampling settings; null = max_new_tokens 64, temperature 0.6, top_p 0.95 (the paper's
-                inference settings).
+            objective: The paper's: clip range 0.5, k3 KL to the reference with beta 0.001. scale_rewards batch
+                does not apply (Eq. 10 normalises per query); advantage_estimator grpo or rloo.
+            sampling: Sampling settings (the paper's inference settings: temperature 0.6, top_p 0.95).
             accuracy_reward: Name of the reward whose value 1.0 means "correct" (logged as accuracy).
         """
         for field, value, allowed in (("intra_ties", intra_ties, TIE_RULES), ("advantage_norm", advantage_norm, NORMS),
@@ -100,15 +100,12 @@ class HGPO(RLRecipe):
             raise RecipeConfigError(f"model.think_tag / model.no_think_tag: {err}") from None
         if think_tag == no_think_tag:
             raise RecipeConfigError(f"model.think_tag and model.no_think_tag are both {think_tag!r}; give two tags")
-        if kwargs.get("scale_rewards", "group") == "batch":
-            raise RecipeConfigError("model.scale_rewards='batch' does not apply to HGPO (Eq. 10 normalises per "
-                                    "query); use group or none")
-        if kwargs.get("advantage_estimator", "grpo") not in ("grpo", "rloo"):
-            raise RecipeConfigError(f"model.advantage_estimator={kwargs['advantage_estimator']!r}; HGPO supports "
-                                    "grpo and rloo")
-        sampling = sampling or SamplingSettings(temperature=0.6, top_p=0.95)
-        super().__init__(*args, num_generations=num_generations, epsilon_low=epsilon_low, beta=beta,
-                         sampling=sampling, accuracy_reward=accuracy_reward, **kwargs)
+        objective = recipe_settings(type(self), ObjectiveSettings, objective, "objective")
+        if objective.scale_rewards == "batch":
+            raise RecipeConfigError("model.objective.scale_rewards='batch' does not apply to HGPO (Eq. 10 normalises "
+                                    "per query); use group or none")
+        super().__init__(*args, num_generations=num_generations, objective=objective, sampling=sampling,
+                         accuracy_reward=accuracy_reward, **kwargs)
         if not isinstance(self.rollout_engine, HFGenerateEngine):
             raise RecipeConfigError(f"HGPO forces the mode prefix with the HF generate engine; this recipe's engine "
                                     f"is {type(self.rollout_engine).__name__}")
@@ -117,30 +114,16 @@ class HGPO(RLRecipe):
             self.mode_spans = mode_token_span(self.prefixes, mode_token)
         except ValueError as err:
             raise RecipeConfigError(f"model.think_tag / model.no_think_tag: {err}") from None
-        self._forcing = False  # true while collect_rollout runs: training groups are forced per mode
 
     # ------------------------------------------------------------------ rollouts
-    def collect_rollout(self, rows: list[dict]) -> tuple[RolloutBatch, dict[str, float]]:
-        self._forcing = True
-        try:
-            rollout, metrics = super().collect_rollout(rows)
-        finally:
-            self._forcing = False
-        if self.hparams.log_think_rate:
-            metrics.update(self.choice_metrics(rows))
-        return rollout, metrics
-
-    def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
-                           ) -> RolloutBatch:
-        """Training groups are forced per mode; held-out evaluation samples freely (the model picks its mode)."""
-        if not self._forcing:
-            return super().generate_and_score(rows, greedy=greedy, num_generations=num_generations)
+    def generate(self, rows: list[dict], *, purpose: str, greedy: bool = False, num_generations: int = 1
+                 ) -> RolloutBatch:
+        """Training groups are forced half per mode; held-out evaluation samples freely (the model picks its mode)."""
+        if purpose != "train":
+            return super().generate(rows, purpose=purpose, greedy=greedy, num_generations=num_generations)
         prompts, columns = split_rows(rows)
-        rollout, stats = forced_mode_rollout(self.rollout_engine, prompts, columns, self.prefixes,
-                                             self.hparams.num_generations // 2, greedy=greedy)
-        self._generation_time += stats.get("generate_s", 0.0)
-        self._generated_tokens += stats.get("generated_tokens", 0.0)
-        return self.score(rollout)
+        return forced_mode_rollout(self.rollout_engine, prompts, columns, self.prefixes, num_generations // 2,
+                                   greedy=greedy)
 
     def choose(self, rows: list[dict], *, greedy: bool = False) -> list[str | None]:
         """The mode each row's prompt gets when the model picks it freely ("think", "no_think" or None)."""
@@ -153,6 +136,14 @@ class HGPO(RLRecipe):
         chosen = self.choose(rows)
         return {"hgpo/think_rate": sum(c == THINK for c in chosen) / len(chosen),
                 "hgpo/no_mode_rate": sum(c is None for c in chosen) / len(chosen)}
+
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        """With `log_think_rate`: the mode the updated policy picks freely on the step's prompts."""
+        if not self.hparams.log_think_rate:
+            return {}
+        rows = [{"prompt": rollout.prompts[i], **{k: v[i] for k, v in rollout.columns.items() if k != MODE_COLUMN}}
+                for i in range(0, len(rollout), rollout.group_size)]  # the first row of each (adjacent) group
+        return self.choice_metrics(rows)
 
     # ------------------------------------------------------------------ advantages
     def modes_of(self, rollout: RolloutBatch) -> Tensor:
@@ -168,17 +159,16 @@ class HGPO(RLRecipe):
         spans = [self.mode_spans[m] for m in rollout.columns[MODE_COLUMN]]
         return mode_token_mask(rollout.completion_mask, [s for s, _ in spans], [n for _, n in spans])
 
-    def compute_advantages(self, rollout: RolloutBatch) -> Tensor:
-        """Per-token HGPO advantages (N, T) (Eqs. 5-10)."""
-        hp = self.hparams
+    def compute_advantages(self, rollout: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
+        """Per-token HGPO advantages (N, T) (Eqs. 5-10) and the per-mode metrics."""
+        hp, objective = self.hparams, self.objective
         modes = self.modes_of(rollout)  # (N,)
         r_inter, r_intra = hgpo_rewards(rollout.rewards, modes, rollout.group_ids, hp.mode_delta, ties=hp.intra_ties)
         advantages = hgpo_advantages(
             r_inter, r_intra, rollout.group_ids, self.mode_mask(rollout), rollout.completion_mask, alpha=hp.alpha,
-            norm=hp.advantage_norm, modes=modes, estimator=hp.advantage_estimator,
-            scale=hp.scale_rewards != "none")  # (N, T)
-        self.step_metrics.update(self.mode_metrics(rollout, modes, r_inter, r_intra))
-        return advantages
+            norm=hp.advantage_norm, modes=modes, estimator=objective.advantage_estimator,
+            scale=objective.scale_rewards != "none")  # (N, T)
+        return advantages, self.mode_metrics(rollout, modes, r_inter, r_intra)
 
     def mode_metrics(self, rollout: RolloutBatch, modes: Tensor, r_inter: Tensor, r_intra: Tensor
                      ) -> dict[str, float]:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from modules.objectives import ObjectiveSettings
 from modules.rewards import RewardSpec
 from modules.papers.laser.rewards import (BUCKETS, CORRECT, NO_ANSWER, ROUND_METHODS, coverage_counts, length_thresholds,
                                    monitor_buckets, targets_from_coverage)
@@ -69,14 +70,9 @@ class LASER(RLRecipe):
         length_max: int | None = None,
         round_method: str = "floor",
         expected_correct: int = 1,
-        entropy_coef: float = 0.001,
-        sampling: SamplingSettings | None = None,
-        loss_type: str = "bnpo",
-        epsilon_low: float = 0.2,
-        epsilon_high: float | None = 0.28,
-        beta: float = 0.001,
-        kl_estimator: str = "low_var_kl",
-        scale_rewards: str = "group",
+        sampling: SamplingSettings = SamplingSettings(temperature=0.6),
+        objective: ObjectiveSettings = ObjectiveSettings(loss_type="bnpo", epsilon_high=0.28, beta=0.001,
+                                                         kl_estimator="low_var_kl", entropy_coef=0.001),
         **kwargs: Any,
     ) -> None:
         """
@@ -95,16 +91,10 @@ class LASER(RLRecipe):
             length_max: Largest candidate target (null = max_new_tokens; 16384 as released).
             round_method: floor (released: ECR = floor(coverage * n_d), n_d rounded down) or ceil.
             expected_correct: Smallest expected number of correct responses within a target (1 as released).
-            entropy_coef: Entropy bonus coefficient (the shared loop's; 0.001 as released, 0 = off).
-            sampling: Sampling settings (null = defaults with temperature 0.6 as released).
-            loss_type: Loss aggregation (bnpo = token mean, veRL's token-mean; see RLRecipe).
-            epsilon_low: Lower clip range (0.2).
-            epsilon_high: Upper clip range (0.28, clip-higher).
-            beta: KL loss coefficient (0.001).
-            kl_estimator: KL estimator (low_var_kl as released).
-            scale_rewards: Advantage scaling (group as released).
+            sampling: Sampling settings (temperature 0.6 as released).
+            objective: As released: token-mean loss (bnpo, veRL's token-mean [unverified]), clip 0.2 / 0.28,
+                low_var_kl KL loss 0.001, entropy bonus 0.001, group-normalised advantages.
         """
-        sampling = sampling or SamplingSettings(temperature=0.6)
         variant = _check_laser_rewards(rewards, variant)
         for name, value in (("monitor_size", monitor_size), ("monitor_every", monitor_every),
                             ("monitor_batch_size", monitor_batch_size), ("expected_correct", expected_correct),
@@ -121,22 +111,18 @@ class LASER(RLRecipe):
             thresholds = length_thresholds(length_low, length_step, length_max or sampling.max_new_tokens)
         except ValueError as err:
             raise RecipeConfigError(f"model.length_low/length_step/length_max: {err}") from err
-        super().__init__(model_name_or_path, rewards, *args, sampling=sampling, loss_type=loss_type,
-                         epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta, kl_estimator=kl_estimator,
-                         scale_rewards=scale_rewards, entropy_coef=entropy_coef, **kwargs)
+        super().__init__(model_name_or_path, rewards, *args, sampling=sampling, objective=objective, **kwargs)
         self.variant = variant
         self.thresholds = thresholds  # candidate targets of the monitor
-        n_monitor = monitor_generations or self.hparams.num_generations
+        n_monitor = monitor_generations or self.num_generations
         if variant != "laser" and round_method == "floor" and n_monitor < 3:
             rank_zero_warn(f"LASER: {n_monitor} monitor rollouts per prompt give n_medium = floor(N/3) = 0, so the "
                            "medium bucket always gets the default target; set model.monitor_generations >= 3")
         self.targets: dict[str, int] | None = None  # L_A per bucket once the monitor ran
         self.laser_step = 0  # generation steps done
         self.monitor_step = -1  # laser_step of the last monitor pass
-        self.monitor_stats: dict[str, float] = {}
+        self.monitor_stats: dict[str, float] = {}  # of the latest monitor pass (monitor_refreshed: 1 in its step)
         self._monitor_rows: list[dict] | None = None
-        self._info: dict = {}
-        self._refreshed = False  # whether this step's on_train_batch_start re-estimated the targets
 
     # ------------------------------------------------------------------ targets
     def current_targets(self) -> int | dict[str, int]:
@@ -168,10 +154,11 @@ class LASER(RLRecipe):
         hp, started = self.hparams, time.perf_counter()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
         rows = self.monitor_rows()[rank::world]
-        n = hp.monitor_generations or hp.num_generations
+        n = hp.monitor_generations or self.num_generations
         lengths, correct, groups = [], [], []
         for start in range(0, len(rows), hp.monitor_batch_size):
-            rollout = self.generate_and_score(rows[start:start + hp.monitor_batch_size], num_generations=n)
+            rollout = self.generate_and_score(rows[start:start + hp.monitor_batch_size], purpose="eval",
+                                              num_generations=n)
             lengths += rollout.completion_lengths.tolist()
             correct += [c == CORRECT for c in rollout.columns["laser_correctness"]]
             groups += [(start, g) for g in rollout.group_ids.tolist()]
@@ -195,34 +182,30 @@ class LASER(RLRecipe):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         due = self.targets is None or self.laser_step - self.monitor_step >= self.hparams.monitor_every
-        self._refreshed = self.variant != "laser" and due
-        if self._refreshed:
+        if self.variant != "laser" and due:
             self.refresh_targets()
 
     # ------------------------------------------------------------------ hooks
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
-        """Adds laser_targets, laser_alpha, a laser_info dict to fill and (laser_de) the policy's token ids."""
-        kwargs = super().reward_kwargs(rollout)
-        self._info = {}
-        kwargs.update(laser_targets=self.current_targets(), laser_alpha=float(self.hparams.alpha),
-                      laser_info=self._info)
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
+        """The shared scoring with laser_targets, laser_alpha, a laser_info dict the reward fills and (laser_de)
+        the policy's token ids; the reward's per-row details become columns laser_<key> (kept through
+        select/concat)."""
+        info: dict = {}
+        extra: dict[str, Any] = {"laser_targets": self.current_targets(), "laser_alpha": float(self.hparams.alpha),
+                                 "laser_info": info}
         if self.variant == "laser_de":
             ids, mask = rollout.completion_ids.cpu(), rollout.completion_mask.bool().cpu()  # (N, T), (N, T)
-            kwargs["completion_token_ids"] = [row[keep].tolist() for row, keep in zip(ids, mask)]
-        return kwargs
-
-    def score(self, rollout: RolloutBatch) -> RolloutBatch:
-        """The shared scoring; the reward's per-row details become columns laser_<key> (kept through select/concat)."""
-        rollout = super().score(rollout)
+            extra["completion_token_ids"] = [row[keep].tolist() for row, keep in zip(ids, mask)]
+        rollout = super().score(rollout, purpose=purpose, **extra, **reward_kwargs)
         for key in INFO_KEYS:
-            rollout.columns[f"laser_{key}"] = list(self._info[key])
+            rollout.columns[f"laser_{key}"] = list(info[key])
         return rollout
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
-        """Targets, bucket fractions, bonus rates and the latest monitor statistics into train/laser/."""
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        """Targets, bucket fractions, bonus rates and the latest monitor statistics (train/laser/)."""
         cols, rows = rollout.columns, float(len(rollout))
         targets = self.current_targets()
-        metrics = self.step_metrics
+        metrics: dict[str, float] = {}
         for b in BUCKETS:
             metrics[f"laser/target_{b}"] = float(targets if isinstance(targets, int) else targets[b])
             metrics[f"laser/frac_{b}"] = cols["laser_bucket"].count(b) / rows
@@ -233,19 +216,16 @@ class LASER(RLRecipe):
             metrics["laser/repetitive_rate"] = cols["laser_bonus"].count("repetitive") / rows
         if self.variant != "laser":
             metrics.update({f"laser/{k}": v for k, v in self.monitor_stats.items()})
-            metrics["laser/monitor_refreshed"] = float(self._refreshed)
+            metrics["laser/monitor_refreshed"] = float(self.monitor_step == self.laser_step)
         self.laser_step += 1
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["laser"] = {"targets": None if self.targets is None else dict(self.targets),
-                               "laser_step": self.laser_step, "monitor_step": self.monitor_step,
-                               "monitor_stats": dict(self.monitor_stats)}
+    def recipe_state(self) -> dict[str, Any]:
+        return {"targets": None if self.targets is None else dict(self.targets), "laser_step": self.laser_step,
+                "monitor_step": self.monitor_step, "monitor_stats": dict(self.monitor_stats)}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("laser")
+    def load_recipe_state(self, state: dict[str, Any]) -> None:
         if state:
             self.targets = None if state["targets"] is None else {b: int(state["targets"][b]) for b in BUCKETS}
             self.laser_step, self.monitor_step = int(state["laser_step"]), int(state["monitor_step"])

@@ -3,7 +3,7 @@ section 1, built from the paper's project page and the authors' code, which has 
 
 Implemented (the maths is in `modules.papers.nover.rewards`, the proxy in `modules.papers.nover.proxy`):
 
-- `reward_kwargs`: for each format-valid rollout, the proxy model scores the reference answer g (dataset column
+- `score`: for each format-valid rollout, the proxy model scores the reference answer g (dataset column
   `answer_column`) as ``"\\n<answer>\\n{g}\\n</answer>"`` after the prompt's tokens and
   ``"\\n<think>\\n{t}\\n</think>\\n"``; the reasoning perplexity P_r = exp(mean NLL / N(|t|)),
   N(|t|) = max(1, 1 + log|t|), is passed to the rewards with |t| (reasoning tokens) and the group ids.
@@ -43,13 +43,15 @@ from modules.rewards import RewardSet, RewardSpec
 from modules.papers.nover.rewards import parse_think_answer, reasoning_perplexity, scoring_ids, target_token_logps
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
-from recipes.base import RecipeConfigError, RLRecipe
+from modules.objectives import ObjectiveSettings
+from recipes.base import RecipeConfigError, RLRecipe, logp_inputs
 
 NOVER_TEMPLATE = ("Question: {question}\n\nAnswer the question and return in the following format:\n\n"
                   "<think>\n...\n</think>\n\n<answer>\n...\n</answer>\n")
 """The authors' prompt (spec 1(d)); use it as `data.template` with `sampling.chat_template: never`."""
 NOVER_COLUMNS = ("format", "reasoning", "efficiency")
 CHECKPOINT_KEY = "nover_proxy"
+PPL_COLUMN = "nover_perplexity"  # per-row P_r (None where the format is invalid)
 
 
 class NOVER(RLRecipe):
@@ -69,13 +71,9 @@ class NOVER(RLRecipe):
         proxy_mix_alpha: float = 0.9,
         proxy_as_reference: bool = True,
         scoring_batch_size: int | None = None,
-        sampling: SamplingSettings | None = None,
-        num_generations: int = 8,
-        scale_rewards: str = "none",
-        epsilon_low: float = 0.1,
-        epsilon_high: float | None = 0.2,
-        beta: float = 0.1,
-        kl_estimator: str = "k3",
+        sampling: SamplingSettings = SamplingSettings(temperature=0.6, chat_template="never"),
+        objective: ObjectiveSettings = ObjectiveSettings(scale_rewards="none", epsilon_low=0.1, epsilon_high=0.2,
+                                                         beta=0.1),
         **kwargs: Any,
     ) -> None:
         """
@@ -92,14 +90,10 @@ class NOVER(RLRecipe):
                 checkpoint save, 100 steps); 0 = never (a frozen proxy).
             proxy_mix_alpha: alpha of theta_proxy <- alpha * theta_proxy + (1 - alpha) * theta_policy (repo: 0.9).
             proxy_as_reference: The proxy is also the KL reference (NOVER); false = the shared `reference` option.
-            scoring_batch_size: Rows per proxy forward when scoring perplexities (null = micro_batch_size).
-            sampling: Sampling settings; NOVER uses temperature 0.6 and no chat template (the default when null).
-            num_generations: G (8 as the authors' config).
-            scale_rewards: Advantage scaling; none = r - group mean (NOVER, trl scale_rewards=False).
-            epsilon_low: Lower clip range (0.1 as the authors' config).
-            epsilon_high: Upper clip range (0.2 as the authors' config).
-            beta: KL coefficient (0.1 as the authors' config); the reference is the proxy.
-            kl_estimator: KL estimator (k3 as trl).
+            scoring_batch_size: Rows per proxy forward when scoring perplexities (null = batching.micro_batch_size).
+            sampling: Sampling settings; NOVER uses temperature 0.6 and no chat template.
+            objective: The authors' trl config: advantages r - group mean (scale_rewards none), clip 0.1 / 0.2,
+                k3 KL with beta 0.1 (the reference is the proxy).
         """
         for name, value in (("format_weight", format_weight), ("reasoning_weight", reasoning_weight),
                             ("efficiency_weight", efficiency_weight)):
@@ -114,15 +108,11 @@ class NOVER(RLRecipe):
             raise RecipeConfigError(f"model.proxy_mix_alpha={proxy_mix_alpha}; it must be in [0, 1] (NOVER: 0.9)")
         specs: list[Any] = [RewardSpec("nover_format", format_weight), RewardSpec("nover_reasoning", reasoning_weight),
                             RewardSpec("nover_efficiency", efficiency_weight), *(rewards or [])]
-        sampling = sampling or SamplingSettings(temperature=0.6, chat_template="never")
-        super().__init__(model_name_or_path, specs, sampling=sampling, num_generations=num_generations,
-                         scale_rewards=scale_rewards, epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta,
-                         kl_estimator=kl_estimator, **kwargs)
+        super().__init__(model_name_or_path, specs, sampling=sampling, objective=objective, **kwargs)
         rs = self.reward_set  # name NOVER's columns format / reasoning / efficiency (a user's `format` -> format_2)
         self.reward_set = RewardSet(rs.funcs, rs.weights, [*NOVER_COLUMNS, *rs.names[len(NOVER_COLUMNS):]])
         self.proxy = ProxyModel(self.policy)
-        self._nover_steps = 0
-        self._last_ppl: list[float | None] = []
+        self._nover_steps = 0  # training steps done (the proxy mixes every proxy_update_every of them)
 
     # ------------------------------------------------------------------ rewards
     def reasoning_scores(self, rollout: RolloutBatch) -> tuple[list[float | None], list[int]]:
@@ -148,57 +138,57 @@ class NOVER(RLRecipe):
                                               [str(answers[i]).strip() for i in rows])
         with self.proxy.active() as model:
             logps, mask = target_token_logps(model, contexts, targets, pad_token_id=tok.pad_token_id,
-                                             micro_batch_size=hp.scoring_batch_size or hp.micro_batch_size,
+                                             micro_batch_size=hp.scoring_batch_size or self.batching.micro_batch_size,
                                              device=self.policy.device)
         values = reasoning_perplexity(logps, mask, lens, hp.length_log_base).tolist()
         for i, value, k in zip(rows, values, lens):
             ppl[i], think_lens[i] = value, k
         return ppl, think_lens
 
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
+        """The proxy's reasoning perplexities reach the rewards (`reasoning_ppl`, `think_lengths`) and stay in the
+        rollout as column `nover_perplexity` (None where the format is invalid)."""
         ppl, think_lens = self.reasoning_scores(rollout)
-        self._last_ppl = ppl
-        return {**super().reward_kwargs(rollout), "reasoning_ppl": ppl, "think_lengths": think_lens}
-
-    def score(self, rollout: RolloutBatch) -> RolloutBatch:
-        rollout = super().score(rollout)
-        valid = [p for p in self._last_ppl if p is not None]
-        self.step_metrics["nover/valid_rate"] = len(valid) / max(1, len(self._last_ppl))
-        if valid:
-            self.step_metrics["nover/perplexity"] = sum(valid) / len(valid)
+        rollout = super().score(rollout, purpose=purpose, reasoning_ppl=ppl, think_lengths=think_lens,
+                                **reward_kwargs)
+        rollout.columns[PPL_COLUMN] = ppl
         return rollout
 
     # ------------------------------------------------------------------ proxy: KL reference and mixing
     @torch.no_grad()
     def prepare_logps(self, rollout: RolloutBatch) -> None:
-        hp = self.hparams
-        if not hp.proxy_as_reference or hp.beta == 0.0:
+        if not self.hparams.proxy_as_reference or self.objective.beta == 0.0:
             return super().prepare_logps(rollout)
-        args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_attention_mask)
-        kw = dict(temperature=self.sampling.temperature, micro_batch_size=hp.micro_batch_size)
-        if hp.num_iterations * hp.steps_per_generation > 1:  # as the shared loop does
-            rollout.old_logps, _ = self.policy.token_logps(*args, **kw)
+        if self.batching.passes > 1:  # as the shared loop does
+            rollout.old_logps = self.trainer_logps(rollout)
         with self.proxy.active() as proxy:
-            rollout.ref_logps, _ = self.policy.token_logps(*args, **kw, model=proxy)
+            rollout.ref_logps, _ = self.policy.token_logps(
+                *logp_inputs(rollout), temperature=self.sampling.temperature,
+                micro_batch_size=self.batching.micro_batch_size, model=proxy)
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        """Mix the proxy every `proxy_update_every` steps; the step's perplexity and format-valid share."""
         self._nover_steps += 1
         every = self.hparams.proxy_update_every
         if every and self._nover_steps % every == 0:
             self.proxy.mix_(self.hparams.proxy_mix_alpha)
-        self.step_metrics["nover/proxy_updates"] = float(self.proxy.updates)
+        ppl = rollout.columns.get(PPL_COLUMN, [])
+        valid = [p for p in ppl if p is not None]
+        metrics = {"nover/proxy_updates": float(self.proxy.updates), "nover/valid_rate": len(valid) / max(1, len(ppl))}
+        if valid:
+            metrics["nover/perplexity"] = sum(valid) / len(valid)
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)  # keeps trainable weights only: the frozen proxy goes here
-        checkpoint[CHECKPOINT_KEY] = {"weights": self.proxy.state_dict(), "updates": self.proxy.updates,
-                                      "steps": self._nover_steps}
+    def recipe_state(self) -> dict[str, Any]:
+        # The frozen proxy is not a trainable weight, so the shared checkpoint leaves it out: it goes here.
+        return {CHECKPOINT_KEY: {"weights": self.proxy.state_dict(), "updates": self.proxy.updates,
+                                 "steps": self._nover_steps}}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
-            raise RecipeConfigError(f"this checkpoint has no {CHECKPOINT_KEY!r} entry (not written by NOVER?); "
+    def load_recipe_state(self, state: dict[str, Any]) -> None:
+        if CHECKPOINT_KEY not in state:
+            raise RecipeConfigError(f"this checkpoint has no {CHECKPOINT_KEY!r} state (not written by NOVER?); "
                                     "resume NOVER from a NOVER checkpoint")
-        self.proxy.load_state_dict(state["weights"])
-        self.proxy.updates, self._nover_steps = int(state["updates"]), int(state["steps"])
+        saved = state[CHECKPOINT_KEY]
+        self.proxy.load_state_dict(saved["weights"])
+        self.proxy.updates, self._nover_steps = int(saved["updates"]), int(saved["steps"])

@@ -34,7 +34,7 @@ PRIOR_TAG_COLUMN = "prior_tag"
 class PriorPromptDataModule(PromptDataModule):
     """Prompts with a pPE prior prompt: the strategy's instruction as system prompt, the question as user turn."""
 
-    def __init__(self, strategy: str = "think", **kwargs: Any) -> None:
+    def __init__(self, strategy: str, **kwargs: Any) -> None:
         """
         Args:
             strategy: The pPE strategy: think, plan, code, knowledge or examples (modules.papers.ppe.prior.STRATEGIES).

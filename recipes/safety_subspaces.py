@@ -245,7 +245,8 @@ def sft_stage(start: str, rows: list[dict], out_dir: Path, *, steps: int, lora: 
     from recipes.sft import SFT
 
     L.seed_everything(demo.seed, verbose=False)
-    module = SFT(start, lora=lora, learning_rate=learning_rate, max_length=demo.max_length)
+    module = SFT(start, lora=lora, optimizer={"learning_rate": learning_rate},
+                 max_length=demo.max_length)
     data = SFTDataModule(rows=rows, batch_size=demo.batch_size, seed=demo.seed)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,

@@ -50,6 +50,7 @@ from modules.papers.stepsearch.rewards import information_gain_steps, place_toke
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.multiturn import MultiTurnToolEngine
 from modules.rollout.tools import ToolCallFormat
+from modules.objectives import ObjectiveSettings
 from recipes.base import RecipeConfigError
 from recipes.ppo import PPO
 
@@ -100,6 +101,7 @@ class StepSearch(PPO):
                  max_turns: int = 5, max_tokens_per_turn: int | None = None, max_total_tokens: int | None = None,
                  max_observation_tokens: int = 800, stop_at_answer: bool = True, step_reward_coef: float = 0.6,
                  format_reward: str | None = "stepsearch_format", format_penalty: float = -1.0,
+                 objective: ObjectiveSettings = ObjectiveSettings(scale_rewards="none", entropy_coef=0.001),
                  **kwargs: Any) -> None:
         """
         Args:
@@ -119,6 +121,7 @@ class StepSearch(PPO):
             step_reward_coef: Scale of the step reward r_t = IG_t - P_t on the token closing `</search>` (0 = off).
             format_reward: Reward function (by name in `rewards`) whose value 0 fails the format gate; null = no gate.
             format_penalty: Total reward of a completion that fails the format gate.
+            objective: The shared objective (advantages from GAE; entropy bonus 0.001 as released).
         """
         for name, value in (("top_k", top_k), ("max_turns", max_turns), ("max_observation_tokens",
                                                                             max_observation_tokens)):
@@ -138,8 +141,7 @@ class StepSearch(PPO):
             if format_reward not in names:
                 raise RecipeConfigError(f"model.format_reward={format_reward!r} is not one of model.rewards "
                                         f"{names}; add {{name: {format_reward}, weight: 0.0}} or set it to null")
-        kwargs.setdefault("entropy_coef", 0.001)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, objective=objective, **kwargs)
 
     # ------------------------------------------------------------------ hooks
     def build_rollout(self) -> MultiTurnToolEngine:
@@ -156,15 +158,15 @@ class StepSearch(PPO):
                                    max_observation_tokens=hp.max_observation_tokens,
                                    generation_batch_size=hp.generation_batch_size)
 
-    def score(self, rollout: RolloutBatch) -> RolloutBatch:
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
         """S per row from the reward functions, then the format gate: `format_penalty` where it fails."""
         self._check_corpus(rollout.columns)
-        rollout = super().score(rollout)
+        rollout = super().score(rollout, purpose=purpose, **reward_kwargs)
         ok = self._gate(rollout).to(rollout.rewards.device)
         rollout.rewards = torch.where(ok, rollout.rewards, torch.full_like(rollout.rewards, self.hparams.format_penalty))
         return rollout
 
-    def token_rewards(self, rollout: RolloutBatch) -> Tensor:
+    def token_rewards(self, rollout: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         """(N, T): step_reward_coef * (IG_t - P_t) on each search step's closing token, S on the last policy token."""
         hp = self.hparams
         mask = rollout.completion_mask
@@ -188,18 +190,18 @@ class StepSearch(PPO):
         out = place_token_rewards(tuple(mask.shape), positions, values, rollout.rewards.tolist(), last,
                                   coef=hp.step_reward_coef)
         n = max(len(steps), 1)
-        self.step_metrics.update({
+        metrics = {
             "stepsearch/ig": sum(igs) / len(igs) if igs else 0.0,
             "stepsearch/redundancy": sum(penalties) / len(penalties) if penalties else 0.0,
             "stepsearch/searches": sum(len(r) for r in steps) / n,
             "stepsearch/step_reward": hp.step_reward_coef * sum(sum(v) for v in values) / n,
             "stepsearch/format_fail": 1.0 - sum(ok) / n,
             "stepsearch/tool_errors": sum(s.error for r in steps for s in r) / n,
-        })
+        }
         for key, name in (("f1", "stepsearch_f1"), ("keyword", "stepsearch_keyword")):
             if name in rollout.reward_names:
-                self.step_metrics[f"stepsearch/{key}"] = float(rollout.rewards_per_func[:, rollout.reward_names.index(name)].nanmean())
-        return out.to(mask.device)
+                metrics[f"stepsearch/{key}"] = float(rollout.rewards_per_func[:, rollout.reward_names.index(name)].nanmean())
+        return out.to(mask.device), metrics
 
     # ------------------------------------------------------------------ helpers
     def _gate(self, rollout: RolloutBatch) -> Tensor:

@@ -8,7 +8,7 @@ Implemented (the library, PCC, selection and statistics are in `modules.papers.t
   condition complexity (PCC). Each question's PCC (its `num_conditions` column, else the numbers in its text)
   retrieves the `top_k` closest templates; `selection` picks among them (`pcc`: drawn in proportion to PCC
   similarity; `ucb`: adaptive, by observed success with the PCC match as prior; `uniform`).
-- Mixed groups (`generate_and_score` during training): each prompt's group holds `num_generations - n_guided`
+- Mixed groups (`generate` for training): each prompt's group holds `num_generations - n_guided`
   plain rollouts then `n_guided` rollouts guided by a selected template, under one group id; the shared loop's GRPO
   advantages are computed over the combined group (G = G_plain + G_guided). Held-out evaluation stays plain.
 - Per-template statistics (`TemplateStats`: uses, mean reward, success rate), logged as
@@ -48,7 +48,9 @@ from modules.papers.tapo.thoughts import (
     problem_condition_complexity,
     select_templates,
 )
-from recipes.base import RecipeConfigError, RLRecipe, split_rows
+from modules.rollout.engine import split_rows
+from modules.settings import signature_default
+from recipes.base import RecipeConfigError, RLRecipe
 
 TEMPLATE_COLUMN = "tapo_template"  # per-row template name (None on plain rows); reward functions see it too
 
@@ -71,7 +73,6 @@ class TAPO(RLRecipe):
         prior_strength: float = 2.0,
         exploration: float = 1.0,
         template_seed: int = 0,
-        num_generations: int = 8,
         **kwargs: Any,
     ) -> None:
         """
@@ -98,13 +99,13 @@ class TAPO(RLRecipe):
             prior_strength: selection=ucb: pseudo-trials given to the PCC-similarity prior.
             exploration: selection=ucb: weight of the sqrt(ln(1 + total uses) / (1 + uses)) bonus.
             template_seed: Seed of the template draws (pcc and uniform selection); saved in checkpoints.
-            num_generations: G, rollouts per prompt, plain and guided together.
         """
         for field, value, allowed in (("selection", selection, SELECTION_MODES),
                                       ("template_in", template_in, ("prompt", "completion")),
                                       ("train_context", train_context, ("guided", "plain"))):
             if value not in allowed:
                 raise RecipeConfigError(f"model.{field}={value!r}; use one of {', '.join(allowed)}")
+        num_generations = kwargs.get("num_generations", signature_default(RLRecipe, "num_generations"))
         if not 0 <= n_guided <= num_generations:
             raise RecipeConfigError(f"model.n_guided={n_guided} must be between 0 and model.num_generations="
                                     f"{num_generations} (the guided part of each group)")
@@ -124,14 +125,13 @@ class TAPO(RLRecipe):
             self.library: list[ThoughtTemplate] = load_library(library)
         except ValueError as err:
             raise RecipeConfigError(f"model.library: {err}") from err
-        super().__init__(*args, num_generations=num_generations, **kwargs)
+        super().__init__(*args, **kwargs)
         needs_tokens = template_in == "completion" or train_context == "plain"
         if needs_tokens and n_guided and not isinstance(self.rollout_engine, HFGenerateEngine):
             raise RecipeConfigError(f"model.template_in={template_in!r} / train_context={train_context!r} need the "
                                     f"HF generate engine; this recipe's engine is {type(self.rollout_engine).__name__}")
         self.template_stats = TemplateStats()
         self._rng = random.Random(template_seed)
-        self._mixing = False  # true while collect_rollout runs: training batches get mixed groups
 
     # ------------------------------------------------------------------ templates
     def question_pcc(self, row: dict) -> float:
@@ -156,47 +156,33 @@ class TAPO(RLRecipe):
             for row in rows]
 
     # ------------------------------------------------------------------ mixed groups
-    def collect_rollout(self, rows: list[dict]) -> tuple[RolloutBatch, dict[str, float]]:
-        self._mixing = True
-        try:
-            rollout, metrics = super().collect_rollout(rows)
-        finally:
-            self._mixing = False
-        metrics.update(self.tapo_metrics(rollout, rows))
-        return rollout, metrics
+    def generate(self, rows: list[dict], *, purpose: str, greedy: bool = False, num_generations: int = 1
+                 ) -> RolloutBatch:
+        """Training groups mix plain and template-guided rollouts; held-out evaluation stays plain."""
+        if purpose != "train" or self.hparams.n_guided == 0:
+            return super().generate(rows, purpose=purpose, greedy=greedy, num_generations=num_generations)
+        return self.generate_mixed(rows, num_generations)
 
-    def generate_and_score(self, rows: list[dict], *, greedy: bool = False, num_generations: int | None = None
-                           ) -> RolloutBatch:
-        if not self._mixing or self.hparams.n_guided == 0:
-            return super().generate_and_score(rows, greedy=greedy, num_generations=num_generations)
-        rollout = self.score(self.generate_mixed(rows))
-        self.update_template_stats(rollout)
-        return rollout
-
-    def generate_mixed(self, rows: list[dict]) -> RolloutBatch:
+    def generate_mixed(self, rows: list[dict], num_generations: int) -> RolloutBatch:
         """B groups of (num_generations - n_guided) plain then n_guided guided rollouts, group ids 0..B-1."""
         hp, engine = self.hparams, self.rollout_engine
         prompts, columns = split_rows(rows)
-        b, g, ng = len(prompts), hp.num_generations, hp.n_guided
+        b, g, ng = len(prompts), num_generations, hp.n_guided
         templates = [t for ts in self.choose_templates(rows) for t in ts]  # (B * ng), row-major
         parts = []
         if g > ng:
             plain = engine.generate(prompts, columns, num_generations=g - ng)
-            self._add_generation_stats(engine.last_stats)
             plain.columns[TEMPLATE_COLUMN] = [None] * len(plain)
             parts.append(plain)
         g_prompts, g_columns = [p for p in prompts for _ in range(ng)], repeat_columns(columns, ng)
         if hp.template_in == "prompt":
             guided = engine.generate([guided_prompt(p, t) for p, t in zip(g_prompts, templates)], g_columns,
                                      num_generations=1)
-            self._add_generation_stats(engine.last_stats)
         else:
             tok = self.policy.tokenizer
             prefixes = [tok(guidance_text(t, header=COMPLETION_HEADER, numbered=False) + "\n",
                             add_special_tokens=False)["input_ids"] for t in templates]
-            guided, stats = generate_with_prefix(engine, g_prompts, g_columns, prefixes,
-                                                 train_prefix=not hp.mask_template)
-            self._add_generation_stats(stats)
+            guided = generate_with_prefix(engine, g_prompts, g_columns, prefixes, train_prefix=not hp.mask_template)
         guided.columns[TEMPLATE_COLUMN] = [t.name for t in templates]
         parts.append(guided)
         merged = RolloutBatch.concat(parts).select(interleave_groups(b, g - ng, ng))
@@ -211,13 +197,9 @@ class TAPO(RLRecipe):
                 merged.prompts[i] = prompts[i // g]
         return merged
 
-    def _add_generation_stats(self, stats: dict[str, float]) -> None:
-        self._generation_time += stats.get("generate_s", 0.0)
-        self._generated_tokens += stats.get("generated_tokens", 0.0)
-
     # ------------------------------------------------------------------ statistics and metrics
     def _success_values(self, rollout: RolloutBatch) -> torch.Tensor:
-        return self._accuracy_column(rollout) if self.accuracy_reward is not None else rollout.rewards
+        return self.accuracy_values(rollout) if self.accuracy_reward is not None else rollout.rewards
 
     def update_template_stats(self, rollout: RolloutBatch) -> None:
         """Add each guided row's reward and success (>= success_threshold) to its template's statistics."""
@@ -226,12 +208,17 @@ class TAPO(RLRecipe):
             if name is not None:
                 self.template_stats.update(name, reward, ok)
 
-    def tapo_metrics(self, rollout: RolloutBatch, rows: list[dict]) -> dict[str, float]:
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        """The guided rows' outcomes into the template statistics, then guided vs plain metrics of the step."""
+        if TEMPLATE_COLUMN in rollout.columns:
+            self.update_template_stats(rollout)
         names = rollout.columns.get(TEMPLATE_COLUMN, [None] * len(rollout))
+        first = range(0, len(rollout), rollout.group_size)  # one row per prompt (groups are adjacent)
+        rows = [{"prompt": rollout.prompts[i], **{k: v[i] for k, v in rollout.columns.items()}} for i in first]
         guided = torch.tensor([n is not None for n in names], device=rollout.rewards.device)  # (N,)
         out = {"tapo/guided_share": float(guided.float().mean()),
                "tapo/pcc": sum(self.question_pcc(r) for r in rows) / len(rows)}
-        acc = self._accuracy_column(rollout) if self.accuracy_reward is not None else None
+        acc = self.accuracy_values(rollout) if self.accuracy_reward is not None else None
         for key, sel in (("guided", guided), ("plain", ~guided)):
             if bool(sel.any()):
                 out[f"tapo/{key}_reward"] = float(rollout.rewards[sel].mean())
@@ -244,13 +231,10 @@ class TAPO(RLRecipe):
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["tapo"] = {"template_stats": self.template_stats.state_dict(), "rng": self._rng.getstate()}
+    def recipe_state(self) -> dict[str, Any]:
+        return {"template_stats": self.template_stats.state_dict(), "rng": self._rng.getstate()}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("tapo")
+    def load_recipe_state(self, state: dict[str, Any]) -> None:
         if state:
             self.template_stats.load_state_dict(state["template_stats"])
             version, internal, gauss = state["rng"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modules.objectives import ObjectiveSettings
 from modules.papers.tinyv.rewards import tinyv_step_metrics
 from modules.verifiers import VerifierSettings
 from recipes.verified import VerifiedRecipe
@@ -43,8 +44,7 @@ class TinyV(VerifiedRecipe):
         self,
         *args: Any,
         verifier: VerifierSettings | None = None,
-        beta: float = 1e-3,
-        kl_estimator: str = "low_var_kl",
+        objective: ObjectiveSettings = ObjectiveSettings(beta=1e-3, kl_estimator="low_var_kl"),
         accuracy_reward: str | None = REWARD,
         **kwargs: Any,
     ) -> None:
@@ -53,12 +53,10 @@ class TinyV(VerifiedRecipe):
             verifier: The LLM verifier (kind llm; model_name_or_path, prompt [default tinyv], max_new_tokens
                 [default 8], batch_size, retries, dtype, chat_template, stop). Default: the embedded
                 smollm2-135m-instruct as a stand-in for TinyV-1.5B. kind: rule uses the CPU rule stub instead.
-            beta: KL loss coefficient (1e-3 as released).
-            kl_estimator: KL estimator (low_var_kl as released, veRL's clamped k3).
+            objective: As released: low_var_kl KL loss with coefficient 1e-3.
             accuracy_reward: Reward whose 1.0 means correct (the tinyv reward: 1.0 = rule or LLM accepted).
         """
-        super().__init__(*args, verifier=verifier, beta=beta, kl_estimator=kl_estimator,
-                         accuracy_reward=accuracy_reward, **kwargs)
+        super().__init__(*args, verifier=verifier, objective=objective, accuracy_reward=accuracy_reward, **kwargs)
 
     def verifier_step_metrics(self, counts: dict[str, float], step_seconds: float) -> dict[str, float]:
         return tinyv_step_metrics(counts, step_seconds)

@@ -5,12 +5,13 @@ counters, and the counters turned into train/verifier/ metrics at the end of eac
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
-from modules.rollout.batch import RolloutBatch
+from modules.rollout.batch import RolloutBatch, add_stats
 from modules.verifiers import Verifier, VerifierSettings, build_verifier
 from recipes.base import RecipeConfigError, RLRecipe
+
+STATS_PREFIX = "verifier/"
 
 
 def verifier_from_settings(settings: VerifierSettings | None, preset: str) -> Verifier:
@@ -36,12 +37,14 @@ def check_verifier_reward(recipe: RLRecipe, name: str) -> None:
 
 
 class VerifiedRecipe(RLRecipe):
-    """RLRecipe whose `verifier_reward` reward gets `verifier` and `verifier_stats` (the step's counters) as keywords.
+    """RLRecipe whose `verifier_reward` reward gets `verifier` and `verifier_stats` (counters it fills) as keywords.
 
     A subclass sets `verifier_reward` (the reward's name, also the default prompt preset) and implements
-    `verifier_step_metrics(counts, step_seconds)`; its result is logged under train/ each step.
+    `verifier_step_metrics(counts, step_seconds)`; its result is logged under train/ each step. The counters of a
+    training batch travel in `rollout.stats` under `verifier/` (summed over dynamic-sampling rounds).
     """
 
+    HOOKS = ("verifier_step_metrics",)
     verifier_reward: str = ""
 
     def __init__(self, *args: Any, verifier: VerifierSettings | None = None, **kwargs: Any) -> None:
@@ -50,24 +53,22 @@ class VerifiedRecipe(RLRecipe):
         super().__init__(*args, **kwargs)
         check_verifier_reward(self, self.verifier_reward)
         self.verifier = verifier_obj
-        self._verifier_counts: dict[str, float] = {}
-        self._counts_step: float | None = None
 
     def verifier_step_metrics(self, counts: dict[str, float], step_seconds: float) -> dict[str, float]:
         """train/ metrics from the step's verifier counters."""
         raise NotImplementedError
 
-    def reward_kwargs(self, rollout: RolloutBatch) -> dict[str, Any]:
-        """Adds `verifier` (moved to the policy's device) and the step's `verifier_stats` counters."""
-        kwargs = super().reward_kwargs(rollout)
-        if self._counts_step != self._step_started:  # a new training step (held-out evals do not count)
-            self._verifier_counts, self._counts_step = {}, self._step_started
-        kwargs.update(verifier=self.verifier.to(self.device), verifier_stats=self._verifier_counts)
-        return kwargs
+    def score(self, rollout: RolloutBatch, *, purpose: str, **reward_kwargs: Any) -> RolloutBatch:
+        """Passes `verifier` (moved to the policy's device) and a fresh `verifier_stats` dict to the rewards."""
+        counts: dict[str, float] = {}
+        rollout = super().score(rollout, purpose=purpose, verifier=self.verifier.to(self.device),
+                                verifier_stats=counts, **reward_kwargs)
+        rollout.stats = add_stats(rollout.stats, {f"{STATS_PREFIX}{k}": v for k, v in counts.items()})
+        return rollout
 
-    def on_step_end(self, rollout: RolloutBatch) -> None:
-        step_seconds = time.perf_counter() - self._step_started
-        self.step_metrics.update(self.verifier_step_metrics(self._verifier_counts, step_seconds))
+    def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
+        counts = {k[len(STATS_PREFIX):]: v for k, v in rollout.stats.items() if k.startswith(STATS_PREFIX)}
+        return self.verifier_step_metrics(counts, self.elapsed_step_s())
 
 
 __all__ = ["VerifiedRecipe", "check_verifier_reward", "verifier_from_settings"]

@@ -52,7 +52,7 @@ class FixedRolloutGRPO(GRPO):
         return full.select(slice(rank * share, (rank + 1) * share)), {}
 
     def compute_advantages(self, rollout):
-        return rollout.advantages
+        return rollout.advantages, {}
 
     def configure_optimizers(self):
         # plain SGD: the update is the gradient itself, so any normalisation error shows in the weights
@@ -63,8 +63,7 @@ def main() -> None:
     model_dir, out_dir, loss_type, devices = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     torch.manual_seed(0)
     recipe = FixedRolloutGRPO(model_name_or_path=model_dir, rewards=["accuracy"], num_generations=2,
-                              loss_type=loss_type, micro_batch_size=2, max_grad_norm=None,
-                              skip_zero_signal_steps=False)
+                              objective={"loss_type": loss_type}, batching={"micro_batch_size": 2, "skip_zero_signal_steps": False}, optimizer={"max_grad_norm": None})
     strategy = DDPStrategy(process_group_backend="gloo") if devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

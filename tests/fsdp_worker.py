@@ -64,8 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     lora = {"r": 4, "alpha": 8, "target_modules": "all-linear"} if mode == "lora" else None
     recipe = FSDPFixedRolloutGRPO(model_name_or_path=model_dir, rewards=["accuracy"], num_generations=2, lora=lora,
-                                  loss_type="grpo", micro_batch_size=2, beta=0.04,
-                                  max_grad_norm=0.05 if mode == "full" else None, skip_zero_signal_steps=False)
+                                  objective={"loss_type": "grpo", "beta": 0.04}, batching={"micro_batch_size": 2, "skip_zero_signal_steps": False}, optimizer={"max_grad_norm": 0.05 if mode == "full" else None})
     # the same greedy generation from an unsharded copy (LoRA starts as the identity: B = 0)
     plain = Policy.from_pretrained(model_dir)
     strategy = (FSDP2Strategy(process_group_backend="gloo", timeout=timedelta(seconds=120)) if devices > 1
@@ -88,7 +87,7 @@ def main() -> None:
            "generated": recipe.generated, "expected": expected.cpu(), "sharded": recipe.sharded_during_step}
     if resume:
         resumed = FSDPFixedRolloutGRPO(model_name_or_path=model_dir, rewards=["accuracy"], num_generations=2,
-                                       lora=lora, micro_batch_size=2, max_grad_norm=None, skip_zero_signal_steps=False)
+                                       lora=lora, batching={"micro_batch_size": 2, "skip_zero_signal_steps": False}, optimizer={"max_grad_norm": None})
         resumed.capture_start = True
         again = L.Trainer(accelerator="cpu", devices=devices, strategy=FSDP2Strategy(
             process_group_backend="gloo", timeout=timedelta(seconds=120)) if devices > 1 else "auto", max_steps=2,

@@ -37,7 +37,7 @@ def test_every_shipped_config_parses(config, capsys):
 
 
 def test_grpo_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path):
-    metrics, train = fit_metrics(CONFIG_DIR / "grpo.yaml", "--model.skip_zero_signal_steps", "false")
+    metrics, train = fit_metrics(CONFIG_DIR / "grpo.yaml", "--model.batching.skip_zero_signal_steps", "false")
     assert "eval/reward" in metrics  # HeldOutEval ran
     assert (train["train/memory/peak_rss_gb"] > 0.05).all()  # peak memory is reported each step (CUDA: allocated)
     assert list(Path(tmp_path).rglob("reward_curve.png")), "MetricsPlot wrote no PNG"
@@ -61,9 +61,9 @@ def test_loop_configs_train_two_steps(fit_metrics, name):
 
 @pytest.mark.parametrize("override, expected", [
     (["--model.no_such_key", "3"], "no_such_key"),
-    (["--model.learning_rate", "abc"], "model.learning_rate"),
+    (["--model.optimizer.learning_rate", "abc"], "model.optimizer.learning_rate"),
     (["--trainer.max_steps", "x"], "trainer.max_steps"),
-    (["--model.loss_type", "grpo2"], "model.loss_type='grpo2'; use one of grpo, bnpo, dr_grpo, dapo"),
+    (["--model.objective.loss_type", "grpo2"], "model.objective.loss_type='grpo2'; use one of grpo, bnpo, dr_grpo, dapo"),
 ])
 def test_bad_values_exit_2_with_one_line_naming_the_field(override, expected, tiny_model_path, capsys):
     code = main(["fit", "--config", str(CONFIG_DIR / "grpo.yaml"), *FAST,

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("lightning_sdk")
 import lightning_sdk  # noqa: E402
 
-from recipes import cloud  # noqa: E402
+from recipes.cli import cloud  # noqa: E402
 from recipes.cli.registry import CONFIG_DIR  # noqa: E402
 
 GRPO = str(CONFIG_DIR / "grpo.yaml")

@@ -199,30 +199,30 @@ def _rollout(completions, domains, answers, g):
 def disco(tiny_model_path):
     from recipes.disco import DISCO
 
-    return DISCO(model_name_or_path=str(tiny_model_path), micro_batch_size=4,
+    return DISCO(model_name_or_path=str(tiny_model_path), batching={"micro_batch_size": 4},
                  rewards=[{"name": "domain_correct", "kwargs": {"math_mode": "number"}},
                           {"name": "length", "weight": 0.5, "kwargs": {"target": 1}}])
 
 
 def test_recipe_defaults_and_score_weights_only_the_base_reward(disco):
-    assert (disco.hparams.num_generations, disco.hparams.beta, disco.hparams.kl_estimator) == (4, 1e-3, "k3")
-    assert disco.hparams.scale_rewards == "none"
+    o = disco.objective
+    assert (disco.num_generations, o.beta, o.kl_estimator, o.scale_rewards) == (4, 1e-3, "k3", "none")
     w = disco.set_domain_weights(["math"] * 9 + ["choice"] * 3)  # p = 0.75 / 0.25
     rollout = _rollout(["7", "8", "8", "8", "B", "B", "A", "B"], ["math"] * 4 + ["choice"] * 4,
                        ["7"] * 4 + ["B"] * 4, g=4)
-    rollout = disco.score(rollout)
+    rollout = disco.score(rollout, purpose="train")
     col = rollout.reward_names.index("domain_correct")
     assert rollout.rewards_per_func[:, col].tolist() == [1, 0, 0, 0, 1, 1, 0, 1]  # unweighted, for accuracy
     weighted = [w["math"] / (0.25 + 1e-5), 0, 0, 0] + [w["choice"] / (0.75 + 1e-5)] * 2 + [0, w["choice"] / 0.75]
     # the length penalty (3 tokens, target 1: -2, weight 0.5) is added unweighted
     assert rollout.rewards.tolist() == pytest.approx([r - 1.0 for r in weighted], rel=1e-4)
     assert w == pytest.approx({"math": math.log(1 + 4 / 3), "choice": math.log(5)})
-    adv = disco.compute_advantages(rollout).tolist()
+    adv = disco.compute_advantages(rollout)[0].tolist()
     assert adv[:4] == pytest.approx([3 * w["math"], -w["math"], -w["math"], -w["math"]], rel=1e-4)
     # [unverified] option: sc = agreement with the majority answer ("8", 3 of 4) instead of accuracy (1 of 4)
     disco.hparams.self_consistency = "agreement"
     try:
-        again = disco.score(_rollout(["7", "8", "8", "8"], ["math"] * 4, ["7"] * 4, g=4))
+        again = disco.score(_rollout(["7", "8", "8", "8"], ["math"] * 4, ["7"] * 4, g=4), purpose="train")
     finally:
         disco.hparams.self_consistency = "accuracy"
     assert again.rewards[0].item() == pytest.approx(w["math"] / (0.75 + 1e-5) - 1.0, rel=1e-4)
@@ -232,7 +232,7 @@ def test_recipe_refuses_group_scaling_and_a_missing_base_reward(tiny_model_path)
     from recipes.disco import DISCO
 
     with pytest.raises(RecipeConfigError, match="scale_rewards='group' cancels"):
-        DISCO(model_name_or_path=str(tiny_model_path), rewards=["domain_correct"], scale_rewards="group")
+        DISCO(model_name_or_path=str(tiny_model_path), rewards=["domain_correct"], objective={"scale_rewards": "group"})
     with pytest.raises(RecipeConfigError, match="accuracy_reward"):
         DISCO(model_name_or_path=str(tiny_model_path), rewards=["length"])
     with pytest.raises(RecipeConfigError, match="domain_weighting"):
@@ -249,7 +249,7 @@ def test_data_without_a_domain_column_is_one_line(tiny_model_path, tmp_path, cap
 
 
 def test_disco_config_trains_two_steps_on_the_tiny_model(fit_metrics):
-    metrics, train = fit_metrics(CONFIG_DIR / "disco.yaml", "--model.skip_zero_signal_steps", "false", finite=None)
+    metrics, train = fit_metrics(CONFIG_DIR / "disco.yaml", "--model.batching.skip_zero_signal_steps", "false", finite=None)
     for key in ("train/reward", "train/accuracy", "train/kl", "train/disco/self_consistency",
                 "train/disco/difficulty_weight", "train/rewards/domain_correct/mean"):
         assert key in train and all(math.isfinite(v) for v in train[key]), key

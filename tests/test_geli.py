@@ -253,7 +253,7 @@ def test_stage0_reads_your_own_sessions(tiny_model_path, tmp_path):
 def test_geli_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path):
     metrics, train = fit_metrics(CONFIG_DIR / "geli.yaml", "--model.reward_model.encoder", "hashed",
                                  "--model.num_sessions", "40", "--model.eval_sessions", "20",
-                                 "--model.skip_zero_signal_steps", "false")
+                                 "--model.batching.skip_zero_signal_steps", "false")
     assert (tmp_path / "geli_reward_model" / "config.json").is_file()  # stage 0 ran and saved r_theta
     for key in ("rm_corr", "rm_fit_loss", "rm_val_loss", "parse_failures", "decomposition_corr", "hidden_quality"):
         assert f"train/geli/{key}" in train, key

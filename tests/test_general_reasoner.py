@@ -119,7 +119,7 @@ def test_llm_verifier_path_on_the_tiny_model(tiny_model_path):
 
 @pytest.mark.slow
 def test_general_reasoner_config_trains_two_steps_on_the_tiny_model(fit_metrics):
-    _, train = fit_metrics(CONFIG_DIR / "general_reasoner.yaml", "--model.skip_zero_signal_steps", "false",
+    _, train = fit_metrics(CONFIG_DIR / "general_reasoner.yaml", "--model.batching.skip_zero_signal_steps", "false",
                            "--trainer.callbacks", "[]")
     for key in ("calls", "items", "accuracy", "no_answer_rate", "mean_length_penalty", "seconds", "time_share"):
         assert f"train/verifier/{key}" in train
@@ -132,9 +132,8 @@ def test_recipe_defaults_follow_the_released_script(tiny_model_path):
 
     recipe = GeneralReasoner(str(tiny_model_path), rewards=["general_verifier"], verifier={"kind": "rule"},
                              num_generations=2)
-    hp = recipe.hparams
-    assert (hp.epsilon_low, hp.delta, hp.beta, hp.kl_estimator, hp.entropy_coef) == (0.3, 10.0, 1e-4, "low_var_kl",
-                                                                                        1e-3)
+    o = recipe.objective
+    assert (o.epsilon_low, o.delta, o.beta, o.kl_estimator, o.entropy_coef) == (0.3, 10.0, 1e-4, "low_var_kl", 1e-3)
     assert isinstance(recipe.verifier, RuleStubVerifier) and recipe.verifier.preset_name == "general_verifier"
     llm = GeneralReasoner(str(tiny_model_path), rewards=["general_verifier"],
                           verifier={"model_name_or_path": str(tiny_model_path)}, num_generations=2).verifier

@@ -123,7 +123,7 @@ def test_splice_puts_the_prefix_before_the_prompt_with_mask_1_and_label_minus_10
 @pytest.fixture(scope="module")
 def module(tiny_model_path):
     torch.manual_seed(0)
-    return GETER(tiny_model_path, lora=LoraSettings(r=4, alpha=8, dropout=0.05), learning_rate=1e-2,
+    return GETER(tiny_model_path, lora=LoraSettings(r=4, alpha=8, dropout=0.05), optimizer={"learning_rate": 1e-2},
                  sampling=SamplingSettings(max_new_tokens=6))
 
 
@@ -142,7 +142,7 @@ def test_one_sft_step_moves_projector_and_lora_and_keeps_them_in_checkpoints(mod
     lora = next(n for n in named if "lora_B" in n)
     before = {n: named[n].detach().clone() for n in ("projector.proj.weight", lora, "encoder.entity")}
     module.train()
-    loss, n_tokens = module.forward_loss(batch)
+    loss, n_tokens, metrics = module.forward_loss(batch)
     assert torch.isfinite(loss) and n_tokens == int((batch["labels"] != IGNORE_INDEX).sum())
     opt.zero_grad()
     loss.backward()
@@ -150,13 +150,13 @@ def test_one_sft_step_moves_projector_and_lora_and_keeps_them_in_checkpoints(mod
     assert not torch.equal(named["projector.proj.weight"], before["projector.proj.weight"])
     assert not torch.equal(named[lora], before[lora])
     assert torch.equal(named["encoder.entity"], before["encoder.entity"])  # frozen by default
-    assert module.step_metrics["graph/prefix_norm"] > 0
+    assert metrics["graph/prefix_norm"] > 0
     # The graph token changes the loss: zeroing the projector gives another value.
     with torch.no_grad():
-        loss_a, _ = module.forward_loss(batch)
+        loss_a, _, _ = module.forward_loss(batch)
         saved = module.projector.proj.weight.clone()
         module.projector.proj.weight.zero_()
-        loss_b, _ = module.forward_loss(batch)
+        loss_b, _, _ = module.forward_loss(batch)
         module.projector.proj.weight.copy_(saved)
     assert not torch.isclose(loss_a, loss_b)
     checkpoint = {"state_dict": module.state_dict()}
@@ -169,9 +169,9 @@ def test_one_sft_step_moves_projector_and_lora_and_keeps_them_in_checkpoints(mod
 def test_sft_loss_count_matches_the_unprefixed_labels(module, rows):
     # The prefix adds k positions labelled -100: the trained tokens are SFT's own.
     batch = module.encode(rows[:2])
-    _, n_graph = module.forward_loss(batch)
+    _, n_graph, _ = module.forward_loss(batch)
     from recipes.sft import SFT
-    _, n_plain = SFT.forward_loss(module, batch)
+    _, n_plain, _ = SFT.forward_loss(module, batch)
     assert n_graph == n_plain
 
 
@@ -180,7 +180,7 @@ def test_prefix_generation_matches_a_manual_greedy_decode(module, rows):
     engine = module.rollout_engine
     assert isinstance(engine, PrefixGenerateEngine)
     batch_rows = [{**r, "system_prompt": module.system_prompt_for(r)} for r in rows[:2]]
-    from recipes.base import split_rows
+    from modules.rollout.engine import split_rows
     prompts, columns = split_rows(batch_rows)
     out = engine.generate(prompts, columns, num_generations=1, greedy=True)
     assert out.completion_ids.shape[0] == 2 and out.completion_ids.shape[1] <= 6

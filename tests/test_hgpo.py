@@ -178,8 +178,7 @@ def test_forced_rollout_trains_the_mode_token_and_advantages_land_on_it(tiny_mod
     module = HGPO(str(tiny_model_path), rewards=REWARDS, num_generations=4,
                   sampling=SamplingSettings(max_new_tokens=5, temperature=0.6, top_p=0.95))
     rows = [{"prompt": r["question"], **r} for r in make_hybrid(2, seed=3, chat_share=0.5)]
-    module._forcing = True
-    rollout = module.generate_and_score(rows)
+    rollout = module.generate_and_score(rows, purpose="train", num_generations=4)  # training: forced per mode
     assert rollout.group_ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     assert rollout.columns[MODE_COLUMN] == ["think", "think", "no_think", "no_think"] * 2
     for text, mode in zip(rollout.completions, rollout.columns[MODE_COLUMN]):
@@ -189,7 +188,7 @@ def test_forced_rollout_trains_the_mode_token_and_advantages_land_on_it(tiny_mod
         assert rollout.completion_mask[i, :prefix[mode]].tolist() == [1] * prefix[mode]
         assert rollout.completion_ids[i, :prefix[mode]].tolist() == module.prefixes[mode]
     rollout.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0, 0.0])
-    adv = module.compute_advantages(rollout)  # (N, T)
+    adv, metrics = module.compute_advantages(rollout)  # (N, T)
     mask = module.mode_mask(rollout)
     start = module.mode_spans["think"][0]
     assert mask.sum(-1).tolist() == [1] * 8 and bool((mask[:, start] == 1).all())
@@ -201,7 +200,9 @@ def test_forced_rollout_trains_the_mode_token_and_advantages_land_on_it(tiny_mod
     a_inter = torch.tensor([G, G, -G, -G, -G, -G, G, G])
     expected = (a_intra[:, None] + a_inter[:, None] * mask) * trained
     assert torch.allclose(adv, expected, atol=1e-5)
-    assert module.step_metrics["hgpo/r_inter/think"] == 0.5 and module.step_metrics["hgpo/reward/think"] == 0.25
+    assert metrics["hgpo/r_inter/think"] == 0.5 and metrics["hgpo/reward/think"] == 0.25
+    free = module.generate_and_score(rows, purpose="eval", num_generations=1)  # evaluation: the model picks
+    assert MODE_COLUMN not in free.columns and len(free) == 2
 
 
 def test_bad_settings_name_the_field(tiny_model_path):
@@ -210,12 +211,12 @@ def test_bad_settings_name_the_field(tiny_model_path):
     with pytest.raises(RecipeConfigError, match="advantage_norm='query'"):
         HGPO(str(tiny_model_path), rewards=REWARDS, advantage_norm="query")
     with pytest.raises(RecipeConfigError, match="scale_rewards='batch'"):
-        HGPO(str(tiny_model_path), rewards=REWARDS, scale_rewards="batch")
+        HGPO(str(tiny_model_path), rewards=REWARDS, objective={"scale_rewards": "batch"})
 
 
 def test_config_trains_two_steps_on_the_tiny_model(fit_metrics):
     # A per-function reward mean is NaN when no row of the batch has that kind (no chat prompt): not checked.
-    metrics, train = fit_metrics(CONFIG_DIR / "hgpo.yaml", "--model.skip_zero_signal_steps", "false",
+    metrics, train = fit_metrics(CONFIG_DIR / "hgpo.yaml", "--model.batching.skip_zero_signal_steps", "false",
                                  finite=r"^train/(?!rewards/.*/mean$)")
     for key in ("think_rate", "no_mode_rate", "r_inter/think", "r_inter/no_think", "reward/think",
                 "reward/no_think", "length/think", "length/no_think"):

@@ -321,7 +321,7 @@ def test_two_training_steps_end_to_end(variant, fit_metrics, tmp_path):
     for b in ("easy", "medium", "hard"):  # thresholds [2, 4, 6, 8]; default max_new_tokens = 8
         assert set(train[f"train/laser/target_{b}"]) <= {2.0, 4.0, 6.0, 8.0}
     checkpoint = torch.load(next(Path(tmp_path).rglob("*.ckpt")), weights_only=True)
-    state = checkpoint["laser"]
+    state = checkpoint["recipe_state"]
     assert state["laser_step"] == 2 and sorted(state["targets"]) == ["easy", "hard", "medium"]
     if variant == "laser_de":
         assert "train/laser/de_bonus_rate" in train and "train/laser/repetitive_rate" in train

@@ -56,7 +56,7 @@ def test_custom_reward_notebook_registers_and_trains(tiny_model_path, tmp_path, 
     first = next(_text(c) for c in code if "@register_reward" in c.source)
     assert first.strip() == "[1.0, 0.9048374180359595, 0.0, None]"
     hook = next(_text(c) for c in code if "SimpleNamespace(" in c.source)
-    assert hook.strip().endswith("tensor([0.0000, 0.7070, 0.7070, 0.0000])")  # (1-0.5)/(0.7071+1e-4)
+    assert "tensor([0.0000, 0.7070, 0.7070, 0.0000]), {'positive_share': 0.5}" in hook.strip()  # (1-0.5)/(0.7071+1e-4)
     table = next(_text(c) for c in code if "trainer.fit(recipe" in c.source)
     assert "train/rewards/closeness/mean" in table
 

@@ -198,17 +198,17 @@ def _recipe(path, **kwargs) -> NOVER:
 def test_recipe_scores_with_the_proxy_and_gates(tiny_model_path):
     recipe = _recipe(tiny_model_path, reasoning_weight=2.0)
     assert recipe.reward_set.names == ["format", "reasoning", "efficiency", "accuracy"]
-    assert recipe.hparams.scale_rewards == "none" and recipe.hparams.beta == 0.1
+    assert recipe.objective.scale_rewards == "none" and recipe.objective.beta == 0.1
     assert recipe.sampling.temperature == 0.6 and recipe.sampling.chat_template == "never"
     prompts = [NOVER_TEMPLATE.format(question="Reverse 'abc'.")] * 3 + [NOVER_TEMPLATE.format(question="1, 2, 3?")] * 3
     completions = [_valid("reverse it", "cba"), "no tags at all", _valid("c then b then a, so the answer", "abc"),
                    _valid("count", "4"), _valid("one two three four five six", "4"), _valid("", "5")]
     answers = ["cba"] * 3 + ["4"] * 3
-    rollout = recipe.score(_rollout(recipe.policy, prompts, completions, answers, g=3))
+    rollout = recipe.score(_rollout(recipe.policy, prompts, completions, answers, g=3), purpose="train")
     cols = {name: rollout.rewards_per_func[:, j].tolist() for j, name in enumerate(rollout.reward_names)}
     assert cols["format"] == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert cols["accuracy"] == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
-    ppl = recipe._last_ppl
+    ppl = rollout.columns["nover_perplexity"]
     assert ppl[1] is None and all(p is not None and p > 1 for i, p in enumerate(ppl) if i != 1)
     # the perplexities come from the proxy: score them again directly
     tok = recipe.policy.tokenizer
@@ -228,8 +228,9 @@ def test_recipe_scores_with_the_proxy_and_gates(tiny_model_path):
     assert cols["reasoning"][1] == 0.0 and cols["efficiency"][1] == 0.0
     total = gated_total(cols["format"], cols["reasoning"], cols["efficiency"], (1.0, 2.0, 1.0))
     assert rollout.rewards.tolist() == pytest.approx(total)
-    assert recipe.step_metrics["nover/valid_rate"] == pytest.approx(5 / 6)
-    assert recipe.step_metrics["nover/perplexity"] == pytest.approx(sum(expected) / 5, rel=1e-4)
+    metrics = recipe.on_step_end(rollout)
+    assert metrics["nover/valid_rate"] == pytest.approx(5 / 6)
+    assert metrics["nover/perplexity"] == pytest.approx(sum(expected) / 5, rel=1e-4)
 
 
 def test_kl_reference_is_the_proxy_and_checkpoint_keeps_it(tiny_model_path):
@@ -246,12 +247,12 @@ def test_kl_reference_is_the_proxy_and_checkpoint_keeps_it(tiny_model_path):
     torch.testing.assert_close(rollout.ref_logps, expected)
     policy_logps, _ = recipe.policy.token_logps(*args, temperature=0.6)
     assert not torch.allclose(rollout.ref_logps, policy_logps.detach())
-    recipe.on_step_end(rollout)  # every step: one 0.9/0.1 update
-    assert recipe.proxy.updates == 1 and recipe.step_metrics["nover/proxy_updates"] == 1.0
+    metrics = recipe.on_step_end(rollout)  # every step: one 0.9/0.1 update
+    assert recipe.proxy.updates == 1 and metrics["nover/proxy_updates"] == 1.0
     checkpoint = {"state_dict": recipe.state_dict()}
     recipe.on_save_checkpoint(checkpoint)
     assert not any(".proxy." in k for k in checkpoint["state_dict"])  # frozen: only under our own key
-    saved = checkpoint["nover_proxy"]
+    saved = checkpoint["recipe_state"]["nover_proxy"]
     assert saved["updates"] == 1 and saved["steps"] == 1 and any(".proxy." in k for k in saved["weights"])
     fresh = _recipe(tiny_model_path, proxy_update_every=1)
     fresh.on_load_checkpoint(checkpoint)
@@ -268,7 +269,7 @@ def test_bad_settings_name_the_field(tiny_model_path):
     recipe = _recipe(tiny_model_path, answer_column="reference")
     rollout = _rollout(recipe.policy, ["Q?"] * 3, [_valid("x", "a")] * 3, ["a"] * 3, g=3)
     with pytest.raises(RecipeConfigError, match="answer_column='reference'"):
-        recipe.score(rollout)
+        recipe.score(rollout, purpose="train")
 
 
 def test_freeform_task_rows():
@@ -299,18 +300,18 @@ class _ScriptedEngine(HFGenerateEngine):
         g = num_generations
         texts = [_valid("step " * (1 + k), a if k % 2 == 0 else "wrong") for a in columns["answer"] for k in range(g)]
         comp = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
-        self._last_stats = {"generate_s": 0.01, "generated_tokens": float(comp["attention_mask"].sum())}
         return RolloutBatch(
             prompt_ids=prompt_ids.repeat_interleave(g, 0), prompt_mask=prompt_mask.repeat_interleave(g, 0),
             completion_ids=comp["input_ids"], completion_mask=comp["attention_mask"],
             completion_attention_mask=comp["attention_mask"].clone(), prompts=[p for p in prompts for _ in range(g)],
             completions=texts, group_ids=torch.arange(len(prompts)).repeat_interleave(g),
-            columns={k: [v for v in vs for _ in range(g)] for k, vs in columns.items()}, pad_token_id=tok.pad_token_id)
+            columns={k: [v for v in vs for _ in range(g)] for k, vs in columns.items()}, pad_token_id=tok.pad_token_id,
+            stats={"generate_s": 0.01, "generated_tokens": float(comp["attention_mask"].sum())})
 
 
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "24",
         "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false", "--model.skip_zero_signal_steps", "false",
+        "--trainer.enable_progress_bar", "false", "--model.batching.skip_zero_signal_steps", "false",
         "--model.proxy_update_every", "1"]
 
 

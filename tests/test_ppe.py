@@ -27,7 +27,7 @@ from recipes.cli.registry import CONFIG_DIR
 PPE_CONFIGS = [CONFIG_DIR / name for name in PRESETS["ppe"]]
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
         "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
-        "--trainer.enable_progress_bar", "false", "--model.skip_zero_signal_steps", "false"]
+        "--trainer.enable_progress_bar", "false", "--model.batching.skip_zero_signal_steps", "false"]
 
 
 @pytest.mark.parametrize("module", [modules.papers.ppe.prior, modules.papers.ppe.rewards, recipes.cli.compare])
@@ -197,7 +197,7 @@ def test_compare_rejects_bad_options(capsys):
 
 def test_compare_names_the_config_of_a_config_error(tiny_model_path, tmp_path, capsys):
     code = main(["compare", "--configs", "ppe_code.yaml", "--out", str(tmp_path), "--model.model_name_or_path",
-                 str(tiny_model_path), "--model.loss_type", "nope"])
+                 str(tiny_model_path), "--model.objective.loss_type", "nope"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "r1 compare: error: ppe_code" in err and "model.loss_type='nope'" in err
+    assert "r1 compare: error: ppe_code" in err and "model.objective.loss_type='nope'" in err

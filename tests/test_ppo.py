@@ -75,10 +75,10 @@ def test_ppo_trains_two_steps_and_the_critic_learns(fit_metrics):
         CONFIG_DIR / "ppo.yaml", "--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8",
         "--data.num_rows", "48", "--data.val_size", "4", "--data.batch_size", "4",
         "--trainer.enable_progress_bar", "false",
-        "--model.steps_per_generation", "1",  # one optimiser step per generation batch
+        "--model.batching.steps_per_generation", "1",  # one optimiser step per generation batch
         # a reward that is never 0 (minus the length), so the returns and the critic's gradients are not 0
         "--model.rewards", '[{"name": "length", "kwargs": {"target": 0, "coef": 0.1}}]',
-        "--model.accuracy_reward", "null", "--model.skip_zero_signal_steps", "false", fast=[], finite=None)
+        "--model.accuracy_reward", "null", "--model.batching.skip_zero_signal_steps", "false", fast=[], finite=None)
     for key in ("train/value_loss", "train/explained_variance", "train/kl_in_reward", "train/grad_norm/critic",
                 "train/returns_mean", "train/value_clip_ratio"):
         assert key in train and all(math.isfinite(v) for v in train[key]), key
@@ -89,5 +89,5 @@ def test_ppo_rejects_group_advantage_options(tiny_model_path):
     from recipes.base import RecipeConfigError
     from recipes.ppo import PPO
 
-    with pytest.raises(RecipeConfigError, match="scale_rewards does not apply to PPO"):
-        PPO(model_name_or_path=str(tiny_model_path), rewards=["accuracy"], scale_rewards="batch")
+    with pytest.raises(RecipeConfigError, match="scale_rewards do not apply to PPO"):
+        PPO(model_name_or_path=str(tiny_model_path), rewards=["accuracy"], objective={"scale_rewards": "batch"})

@@ -29,9 +29,11 @@ def hashed(prompts, completions, **_):
 
 
 def _recipe(path, rewards=(digit_share,), **kw) -> GRPO:
-    defaults = dict(model_name_or_path=path, rewards=list(rewards), num_generations=4, micro_batch_size=4,
-                    learning_rate=1e-2, sampling={"max_new_tokens": 8, "temperature": 1.0})
-    defaults.update(kw)
+    defaults = dict(model_name_or_path=path, rewards=list(rewards), num_generations=4,
+                    batching={"micro_batch_size": 4}, optimizer={"learning_rate": 1e-2},
+                    sampling={"max_new_tokens": 8, "temperature": 1.0})
+    for key, value in kw.items():  # a settings group given as a dict adds to the defaults above
+        defaults[key] = {**defaults[key], **value} if isinstance(defaults.get(key), dict) else value
     if isinstance(defaults["sampling"], dict):
         from modules.rollout.engine import SamplingSettings
 
@@ -57,7 +59,7 @@ def _metrics(trainer) -> pd.DataFrame:
 
 def test_two_steps_change_weights_and_log_finite_metrics(tiny_model_path, tmp_path):
     L.seed_everything(0)
-    recipe = _recipe(tiny_model_path, beta=0.04, num_iterations=2)
+    recipe = _recipe(tiny_model_path, objective={"beta": 0.04}, batching={"num_iterations": 2})
     before = {n: p.detach().clone() for n, p in recipe.policy.model.named_parameters()}
     trainer = _trainer(tmp_path, max_steps=4, enable_checkpointing=False)  # 2 generation steps x 2 iterations
     trainer.fit(recipe, _data())
@@ -116,10 +118,10 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_path, loss_type)
     exact only when the micro-batches hold equal token counts, so it is checked against its own definition: rows of
     different lengths make its token mean differ from grpo's mean of per-row means."""
     L.seed_everything(0)
-    recipe = _recipe(tiny_model_path, loss_type=loss_type)
+    recipe = _recipe(tiny_model_path, objective={"loss_type": loss_type})
     rows = ROWS[:2]
-    rollout = recipe.generate_and_score(rows)
-    rollout.advantages = recipe.compute_advantages(rollout)
+    rollout = recipe.generate_and_score(rows, purpose="train", num_generations=recipe.num_generations)
+    rollout.advantages, _ = recipe.compute_advantages(rollout)
     if loss_type == "bnpo":  # rows of 1, 2, ... trained tokens, each with its own non-zero advantage
         n, t = rollout.completion_mask.shape
         lengths = torch.arange(n) % t + 1
@@ -168,8 +170,7 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_path, loss_type)
 def test_dynamic_sampling_drops_flat_groups_and_refills(tiny_model_path, tmp_path):
     rows = [{"prompt": f"flat prompt {i}"} for i in range(8)] + [{"prompt": f"Say {i}"} for i in range(8)]
     L.seed_everything(0)
-    recipe = _recipe(tiny_model_path, rewards=[hashed], dynamic_sampling=True, max_refill_rounds=8,
-                     accuracy_reward=None)
+    recipe = _recipe(tiny_model_path, rewards=[hashed], batching={"dynamic_sampling": True, "max_refill_rounds": 8}, accuracy_reward=None)
     trainer = _trainer(tmp_path, max_steps=2, enable_checkpointing=False)
     trainer.fit(recipe, _data(rows, batch_size=4))
     rollout = recipe.last_rollout
@@ -182,7 +183,7 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(tiny_model_path, tmp_pat
 
 def test_mask_truncated_completions_removes_them_from_the_loss(tiny_model_path, tmp_path):
     L.seed_everything(0)
-    recipe = _recipe(tiny_model_path, mask_truncated_completions=True, sampling={"max_new_tokens": 3})
+    recipe = _recipe(tiny_model_path, objective={"mask_truncated_completions": True}, sampling={"max_new_tokens": 3})
     trainer = _trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     trainer.fit(recipe, _data())
     rollout = recipe.last_rollout
@@ -210,6 +211,6 @@ def test_cosine_schedule_needs_max_steps(tiny_model_path):
     from recipes.base import RecipeConfigError
     from recipes.grpo import GRPO
 
-    recipe = GRPO(model_name_or_path=str(tiny_model_path), rewards=["accuracy"], lr_schedule="cosine")
-    with pytest.raises(RecipeConfigError, match="lr_schedule=cosine needs trainer.max_steps"):
+    recipe = GRPO(model_name_or_path=str(tiny_model_path), rewards=["accuracy"], optimizer={"lr_schedule": "cosine"})
+    with pytest.raises(RecipeConfigError, match="lr_schedule=cosine .*set trainer.max_steps"):
         recipe.configure_optimizers()  # no trainer, no max_steps: the decay has no end (was silently constant)

@@ -72,7 +72,7 @@ def test_hf_engine_groups_padding_template_and_masks(tiny_model_path):
         assert batch.completion_mask[row, :n].all() and not batch.completion_mask[row, n:].any()
         assert bool(batch.truncated[row]) == (n == 6 and policy.tokenizer.eos_token_id not in batch.completion_ids[row].tolist())
     assert batch.injected_mask.sum() == 0
-    stats = engine.last_stats
+    stats = batch.stats
     assert stats["generated_tokens"] == float(batch.completion_mask.sum()) and stats["generate_s"] > 0
 
 

@@ -103,14 +103,14 @@ def test_datamodule_checks_responses_and_batches_held_out_rows():
 
 def test_sft_module_overfits_three_examples(tiny_model_path):
     torch.manual_seed(0)
-    module = SFT(tiny_model_path, learning_rate=1e-2, system_prompt="Answer briefly.")
+    module = SFT(tiny_model_path, optimizer={"learning_rate": 1e-2}, system_prompt="Answer briefly.")
     rows = [{"prompt": f"What is {a} + {b}?", "response": f"<answer>{a + b}</answer>"} for a, b in ((2, 3), (4, 4), (7, 1))]
     opt = torch.optim.AdamW(module.policy.trainable_parameters(), lr=1e-2)
     batch = module.encode(rows)
     assert batch["labels"].ne(IGNORE_INDEX).sum() > 0
     losses = []
     for _ in range(25):
-        loss, n = module.forward_loss(batch)
+        loss, n, _ = module.forward_loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -20,7 +20,7 @@ SFT_CONFIG = {
                 "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
                 "logger": False},
     "model": {"class_path": "recipes.sft.SFT",
-              "init_args": {"model_name_or_path": "set-by-the-pipeline", "learning_rate": 1.0e-3, "max_length": 256,
+              "init_args": {"model_name_or_path": "set-by-the-pipeline", "optimizer": {"learning_rate": 1.0e-3}, "max_length": 256,
                             "lora": {"r": 4, "alpha": 8}}},
     "data": {"class_path": "datamodules.sft.SFTDataModule",
              "init_args": {"task": "datamodules.tasks.teacher_traces.make_teacher_traces",

@@ -219,7 +219,7 @@ def test_step_rewards_land_on_the_token_closing_each_search(tiny_model_path, tmp
     recipe.rollout_engine.policy = Policy(ScriptedModel(tok, scripts), tok, reference="none")
     rows = [{"prompt": q, "answer": "Kelport", "aliases": [], "search_keys": [["alice born"], ["norvania capital"]],
              "support_docs": [docs[0]["text"], {"text": docs[1]["text"]}]} for q in ("Q1", "Q2")]
-    rollout = recipe.generate_and_score(rows)
+    rollout = recipe.generate_and_score(rows, purpose="train", num_generations=1)
     assert rollout.completions[0].endswith("<answer> Kelport </answer>")
 
     steps = search_steps(rollout, tok)
@@ -235,14 +235,13 @@ def test_step_rewards_land_on_the_token_closing_each_search(tiny_model_path, tmp
     # row 0: F1 1, keyword groups [1, 0] -> S = 1 + 0.618 / 2; row 1 fails the gate -> -1
     s = 1.0 + 0.618 * 0.5
     assert rollout.rewards.tolist() == pytest.approx([s, -1.0])
-    placed = recipe.token_rewards(rollout)
+    placed, m = recipe.token_rewards(rollout)
     last = [int(rollout.completion_mask[i].nonzero().max()) for i in range(2)]
     # step 1: IG (1 + 0) / 2 (the golds share no word), P 0 -> 0.3; step 2: IG 0, P 1 -> -0.6
     expected = torch.zeros_like(placed)
     expected[0, steps[0][0].position], expected[0, steps[0][1].position], expected[0, last[0]] = 0.3, -0.6, s
     expected[1, last[1]] = -1.0  # no step rewards when the format gate fails
     torch.testing.assert_close(placed, expected)
-    m = recipe.step_metrics
     assert m["stepsearch/searches"] == 2.0 and m["stepsearch/tool_errors"] == 0.5
     assert m["stepsearch/format_fail"] == 0.5 and m["stepsearch/ig"] == pytest.approx(0.5 / 4)
     assert m["stepsearch/redundancy"] == pytest.approx(1 / 4)  # step 2 of row 0 only; Bob's doc is new
@@ -267,8 +266,8 @@ def test_config_errors_name_the_field(tiny_model_path, tmp_path):
 def test_stepsearch_config_trains_two_steps(fit_metrics, tmp_path, monkeypatch):
     monkeypatch.setenv("R1_CACHE", str(tmp_path / "cache"))  # the two-hop corpus file goes here
     metrics, train = fit_metrics(CONFIG_DIR / "stepsearch.yaml", "--model.max_turns", "3",
-                                 "--model.steps_per_generation", "1",  # one optimiser step (= one trainer step)
-                                 "--model.skip_zero_signal_steps", "false")
+                                 "--model.batching.steps_per_generation", "1",  # one optimiser step (= one trainer step)
+                                 "--model.batching.skip_zero_signal_steps", "false")
     for key in ("ig", "redundancy", "searches", "step_reward", "f1", "keyword", "format_fail", "tool_errors"):
         assert f"train/stepsearch/{key}" in train, key
     for key in ("train/value_loss", "train/kl_in_reward", "train/grad_norm/critic", "train/rewards/stepsearch_f1/mean"):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from modules.distributed import ShardingError, configure_sharding
+from modules.optim import OptimizerSettings
 from recipes.cli import main
 from recipes.cli.registry import CONFIG_DIR
 
@@ -45,8 +46,8 @@ def test_strategy_fragment_composes_with_recipe_config(config, fragment, capsys)
 
 def _recipe(strategy, max_grad_norm=1.0):
     trainer = SimpleNamespace(strategy=strategy)
-    return SimpleNamespace(_trainer=trainer, trainer=trainer, hparams={"max_grad_norm": max_grad_norm},
-                           device_mesh=None)
+    return SimpleNamespace(_trainer=trainer, trainer=trainer, device_mesh=None,
+                           optimizer_settings=OptimizerSettings(max_grad_norm=max_grad_norm))
 
 
 def test_lightning_fsdp1_is_refused_with_the_fix():
@@ -58,7 +59,7 @@ def test_lightning_fsdp1_is_refused_with_the_fix():
 
 def test_deepspeed_with_loop_clipping_is_refused():
     DeepSpeedStrategy = type("DeepSpeedStrategy", (), {})  # the check is by name: deepspeed need not be installed
-    with pytest.raises(ShardingError, match="model.max_grad_norm"):
+    with pytest.raises(ShardingError, match="model.optimizer.max_grad_norm"):
         configure_sharding(_recipe(DeepSpeedStrategy()))
     configure_sharding(_recipe(DeepSpeedStrategy(), max_grad_norm=None))  # no mesh: nothing to shard
 

@@ -202,8 +202,7 @@ def test_interleave_groups_hand_example():
 
 def test_group_composition_and_advantages_over_the_combined_group(tiny_model_path):
     recipe = _recipe(tiny_model_path, n_guided=1, num_generations=4)
-    recipe._mixing = True
-    rollout = recipe.generate_and_score([dict(r) for r in ROWS])
+    rollout = recipe.generate_and_score([dict(r) for r in ROWS], purpose="train", num_generations=4)
     assert rollout.group_ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     names = rollout.columns[TEMPLATE_COLUMN]
     assert [n is None for n in names] == [True, True, True, False] * 2
@@ -212,29 +211,26 @@ def test_group_composition_and_advantages_over_the_combined_group(tiny_model_pat
         assert (PROMPT_HEADER in prompt) == (names[i] is not None) and prompt.startswith(ROWS[i // 4]["prompt"])
     assert (rollout.injected_mask == 0).all()  # the template is in the prompt: nothing injected in completions
     # group rewards [0, 0, 0, 1]: mean 0.25, unbiased std 0.5 -> plain -0.5, guided +1.5
-    adv = recipe.compute_advantages(rollout)
+    adv, _ = recipe.compute_advantages(rollout)
     assert adv.tolist() == pytest.approx([-0.5, -0.5, -0.5, 1.5] * 2, abs=1e-3)
     assert torch.allclose(adv, group_advantages(rollout.rewards, 4))
-    # the guided row's template was recorded with its reward and success
+    # at the step's end the guided row's template is recorded with its reward and success
+    metrics = recipe.on_step_end(rollout)
     assert recipe.template_stats.total_uses == 2
     assert all(recipe.template_stats.mean_reward(n) == 1.0 for n in names if n)
     # the closest templates by PCC: top_k=3 over LIB, num_conditions of the rows
-    metrics = recipe.tapo_metrics(rollout, ROWS)
     assert metrics["tapo/guided_share"] == 0.25 and metrics["tapo/guided_reward"] == 1.0
     assert metrics["tapo/plain_reward"] == 0.0
     assert sum(metrics[f"tapo/template/{t.name}/uses"] for t in LIB) == 2.0
-    recipe._mixing = False  # evaluation and other calls stay plain
-    plain = recipe.generate_and_score([dict(ROWS[0])], num_generations=2)
+    plain = recipe.generate_and_score([dict(ROWS[0])], purpose="eval", num_generations=2)  # evaluation stays plain
     assert TEMPLATE_COLUMN not in plain.columns and PROMPT_HEADER not in plain.prompts[0]
 
 
 def test_train_context_plain_rescores_under_the_plain_prompt(tiny_model_path):
     on = _recipe(tiny_model_path, n_guided=2, num_generations=3)
-    on._mixing = True
-    guided = on.generate_and_score([dict(r) for r in ROWS])
+    guided = on.generate_and_score([dict(r) for r in ROWS], purpose="train", num_generations=3)
     off = _recipe(tiny_model_path, n_guided=2, num_generations=3, train_context="plain")
-    off._mixing = True
-    rescored = off.generate_and_score([dict(r) for r in ROWS])
+    rescored = off.generate_and_score([dict(r) for r in ROWS], purpose="train", num_generations=3)
     for r in range(6):
         plain_row = (r // 3) * 3
         same = _unpadded(rescored.prompt_ids[r], rescored.prompt_mask[r]) == \
@@ -251,8 +247,7 @@ def test_train_context_plain_rescores_under_the_plain_prompt(tiny_model_path):
 def test_template_in_completion_masks_the_forced_tokens(tiny_model_path, mask_template):
     recipe = _recipe(tiny_model_path, n_guided=1, num_generations=2, template_in="completion",
                      mask_template=mask_template)
-    recipe._mixing = True
-    rollout = recipe.generate_and_score([dict(r) for r in ROWS])
+    rollout = recipe.generate_and_score([dict(r) for r in ROWS], purpose="train", num_generations=2)
     tok = recipe.policy.tokenizer
     for i, name in enumerate(rollout.columns[TEMPLATE_COLUMN]):
         attention, trained = rollout.completion_attention_mask[i], rollout.completion_mask[i]
@@ -270,7 +265,7 @@ def test_template_in_completion_masks_the_forced_tokens(tiny_model_path, mask_te
         assert torch.equal(trained[k:], attention[k:])  # generated tokens are trained
         assert int(rollout.injected_mask[i].sum()) == (k if mask_template else 0)
         assert rollout.prompts[i] == ROWS[i // 2]["prompt"]  # the prompt itself is plain
-    metrics = recipe.tapo_metrics(rollout, ROWS)
+    metrics = recipe.on_step_end(rollout)
     assert (metrics["tapo/masked_template_tokens"] > 0) == mask_template
 
 
@@ -309,7 +304,7 @@ def test_bad_options_fail_before_the_model_loads(options, match):
 ], ids=["prompt", "completion-ucb"])
 def test_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path, variant):
     _, train = fit_metrics(CONFIG_DIR / "tapo.yaml", "--model.n_guided", "1", *variant,
-                           "--model.skip_zero_signal_steps", "false")
+                           "--model.batching.skip_zero_signal_steps", "false")
     for key in ("guided_reward", "plain_reward", "guided_accuracy", "plain_accuracy", "guided_share", "pcc"):
         assert f"train/tapo/{key}" in train
     assert (train["train/tapo/guided_share"] == 0.5).all()
@@ -319,4 +314,4 @@ def test_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path, varian
     if variant:
         assert "train/tapo/masked_template_tokens" in train
     ckpt = torch.load(next(Path(tmp_path).rglob("*.ckpt")), weights_only=True)
-    assert sum(v["uses"] for v in ckpt["tapo"]["template_stats"].values()) == 4
+    assert sum(v["uses"] for v in ckpt["recipe_state"]["template_stats"].values()) == 4

@@ -147,7 +147,7 @@ def test_recipe_refuses_missing_reward_and_verifier_in_reward_kwargs(tiny_model_
     with pytest.raises(RecipeConfigError, match="model.verifier: verifier.kind"):
         TinyV(str(tiny_model_path), rewards=["tinyv"], verifier={"kind": "api"}, num_generations=2)
     recipe = TinyV(str(tiny_model_path), rewards=["tinyv"], verifier=settings, num_generations=2)
-    assert (recipe.hparams.beta, recipe.hparams.kl_estimator) == (1e-3, "low_var_kl")
+    assert (recipe.objective.beta, recipe.objective.kl_estimator) == (1e-3, "low_var_kl")
     assert recipe.verifier.max_new_tokens == 8 and recipe.verifier.parse is parse_true_false
 
 
@@ -157,7 +157,7 @@ def test_tinyv_config_trains_two_steps_on_the_tiny_model(tiny_model_path, fit_me
     # (the tiny model too), so the verifier path runs in both steps.
     rewards = "[{name: tinyv, kwargs: {mode: addon, w: 1.0, verify_missing: true}}]"
     _, train = fit_metrics(CONFIG_DIR / "tinyv.yaml", "--model.verifier.model_name_or_path", str(tiny_model_path),
-                           "--model.rewards", rewards, "--model.skip_zero_signal_steps", "false",
+                           "--model.rewards", rewards, "--model.batching.skip_zero_signal_steps", "false",
                            "--trainer.callbacks", "[]")
     for key in ("calls", "items", "rule_negatives", "llm_overturn_rate", "seconds", "time_share"):
         assert f"train/verifier/{key}" in train

@@ -69,8 +69,8 @@ def test_observation_tokens_are_masked_and_spans_cover_policy_turns(tiny_model_p
         assert int(trained.sum()) == (spans[0][1] - spans[0][0]) + (spans[1][1] - spans[1][0])
     assert not batch.truncated.any()
     assert batch.completions[0] == "<search>paris</search>\n<information>Paris is in France</information>\n<answer>France</answer>"
-    stats = engine.last_stats
-    assert stats["tool_calls"] == 2 and stats["tool_errors"] == 0 and stats["turns"] == 2
+    stats = batch.stats
+    assert stats["tool_calls"] == 2 and stats["tool_errors"] == 0 and stats["turns"] == 2 * len(batch)
     # the injected tokens are exactly RolloutBatch.injected_mask
     assert torch.equal(batch.injected_mask.bool(), batch.completion_attention_mask.bool() & ~batch.completion_mask.bool())
 
@@ -99,7 +99,7 @@ def test_malformed_calls_give_error_observations_not_crashes(tiny_model_path):
     assert "<information>Error: empty <search> call.</information>" in batch.completions[0]
     assert "<information>Error: tool 'search' raised KeyError: 'x'</information>" in batch.completions[1]
     assert batch.completions[1].endswith("ok") and not batch.truncated.any()
-    assert engine.last_stats["tool_errors"] == 2
+    assert batch.stats["tool_errors"] == 2
 
     # json format: bad JSON and an unknown tool name
     scripts = {"Q1": ['<tool_call>{"name": "search", </tool_call>', "a<|im_end|>"],
@@ -115,7 +115,7 @@ def test_turn_and_token_budgets_hold(tiny_model_path):
     engine, tok = make_engine(tiny_model_path, always, {"calc": calculator}, max_turns=3)
     batch = engine.generate(["Q1"], {}, num_generations=1)
     assert len(batch.turn_spans[0]) == 3 and batch.truncated.tolist() == [True]
-    assert engine.last_stats["tool_calls"] == 2  # the 3rd call has no turn left to read its result
+    assert batch.stats["tool_calls"] == 2  # the 3rd call has no turn left to read its result
     assert batch.completions[0].count("<information>2</information>") == 2
 
     long = {"Q1": ["<calc>" + "1+" * 40 + "1</calc>"]}

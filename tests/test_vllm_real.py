@@ -82,7 +82,7 @@ def test_a_recipe_trains_two_steps_through_vllm(peaked_model, tmp_path, strategy
            # the unscaled model: the peaked one samples (nearly) the same text every time, so no reward variance
            "--model.model_name_or_path", str(peaked_model.parent / "base"), "--model.rollout_engine", "vllm",
            "--model.vllm.enforce_eager", "true", "--model.vllm.gpu_memory_utilization", "0.2",
-           "--model.rewards", '[{"name": "vllm_worker.variety_reward"}]', "--model.learning_rate", "1e-3",
+           "--model.rewards", '[{"name": "vllm_worker.variety_reward"}]', "--model.optimizer.learning_rate", "1e-3",
            "--trainer.callbacks", "null", "--trainer.default_root_dir", str(tmp_path),
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
            *STRATEGIES[strategy], *device]

@@ -180,3 +180,52 @@ def policy_loss(
     loss_mat = torch.where(mask > 0, per_token_loss * mask, 0.0)
     loss = LOSS_NORMALISERS[loss_type](loss_mat, mask, max_completion_length, num_items_in_batch)
     return loss, _metrics(ratio, advantages, mask, epsilon_low, epsilon_high, kl, entropies)
+
+
+def micro_batch_loss(
+    logps: Tensor,
+    old_logps: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    entropies: Tensor,
+    micro_rows: int,
+    mini_rows: float,
+    mini_tokens: float,
+    loss_type: str = "grpo",
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+    ref_logps: Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    entropy_coef: float = 0.0,
+    max_completion_length: int | None = None,
+    token_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The objective of one micro-batch of `micro_rows` rows, weighted so that the micro-batches of a mini-batch
+    (`mini_rows` rows, `mini_tokens` trained tokens) add up to the mini-batch's `policy_loss`, minus the entropy
+    bonus `entropy_coef * token-mean entropy` (veRL's entropy_coeff; `entropies` (N, T) must carry a gradient
+    when `entropy_coef` != 0).
+
+    dapo already divides by the mini-batch's token count, so its micro-batch losses simply add up; the other
+    normalisations are means over this micro-batch and are weighted by its share of the rows.
+
+    >>> lp = torch.zeros(2, 3, requires_grad=True); m = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    >>> loss, _ = micro_batch_loss(lp, None, torch.tensor([1.0, -1.0]), m, entropies=torch.zeros(2, 3),
+    ...                            micro_rows=2, mini_rows=4, mini_tokens=6)
+    >>> float(loss)  # grpo: mean over the 2 rows of (-1, +1) = 0, times 2/4
+    0.0
+    """
+    loss, metrics = policy_loss(
+        logps, old_logps, advantages, mask, loss_type=loss_type, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+        delta=delta, ref_logps=ref_logps, beta=beta, kl_estimator=kl_estimator,
+        max_completion_length=max_completion_length, num_items_in_batch=mini_tokens, entropies=entropies.detach(),
+        token_weights=token_weights)
+    mask = mask.to(entropies.dtype)  # (n, T)
+    if loss_type == "dapo":
+        bonus = (entropies * mask).sum() / mini_tokens if entropy_coef else 0.0
+        return loss - entropy_coef * bonus, metrics
+    if entropy_coef:
+        loss = loss - entropy_coef * (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss * (micro_rows / mini_rows), metrics

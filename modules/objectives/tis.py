@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
+
+from modules.settings import SettingsError, check_choice, check_number
+
+if TYPE_CHECKING:
+    from modules.rollout.batch import RolloutBatch
 
 ROLLOUT_CORRECTION_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
@@ -36,6 +42,17 @@ class RolloutCorrectionSettings:
     """C: the upper bound on the weight (truncate modes) or the largest kept ratio (mask modes)."""
     clip_min: float | None = None
     """Lower bound (truncate) or the smallest kept ratio (mask); null: none."""
+
+    def __post_init__(self) -> None:
+        check_choice("model.rollout_correction.mode", self.mode, (*ROLLOUT_CORRECTION_MODES, "off"))
+        if self.mode.endswith("truncate") and self.clip_max is None:
+            raise SettingsError(f"model.rollout_correction.mode={self.mode} needs clip_max (the truncation bound C; "
+                                "2.0 in the TIS paper)")
+        for name in ("clip_max", "clip_min"):
+            if getattr(self, name) is not None:
+                check_number(f"model.rollout_correction.{name}", getattr(self, name), low=0.0)
+        if self.clip_min is not None and self.clip_max is not None and self.clip_min > self.clip_max:
+            raise SettingsError(f"model.rollout_correction.clip_min={self.clip_min} > clip_max={self.clip_max}")
 
 
 def rollout_importance_weights(old_logps: Tensor, rollout_logps: Tensor, mask: Tensor, *, mode: str = "token_truncate",
@@ -95,4 +112,72 @@ def rollout_mismatch_metrics(old_logps: Tensor, rollout_logps: Tensor, mask: Ten
     return out
 
 
-__all__ = ["ROLLOUT_CORRECTION_MODES", "RolloutCorrectionSettings", "rollout_importance_weights", "rollout_mismatch_metrics"]
+class RolloutCorrection:
+    """The correction of one training step's batch, owned by the recipe: `begin` -> `observe` per micro-batch ->
+    `finish`. Inactive (every call a no-op) when the batch carries no sampler log-probs (the HF engine).
+
+    pi_old is the trainer's log-prob of each token under the weights the engine sampled with. When the batch is
+    used in a single pass, those are the weights of the training forward itself, so `observe` takes each
+    micro-batch's detached log-probs and no extra forward runs (TRL and veRL run one). Otherwise `begin` computes
+    them (`trainer_logps`), they become `old_logps` (the ratio's base) and `token_weights`.
+    """
+
+    def __init__(self, settings: RolloutCorrectionSettings) -> None:
+        self.settings = settings
+        self._rollout: RolloutBatch | None = None
+        self._parts: list[Tensor] | None = None
+        self._metrics: dict[str, float] = {}
+
+    def weights(self, old_logps: Tensor, rollout: RolloutBatch) -> Tensor | None:
+        """(N, T) importance weights (sequence modes broadcast over the row), or None when the mode is off."""
+        s, mask = self.settings, rollout.completion_mask
+        if s.mode == "off":
+            return None
+        w = rollout_importance_weights(old_logps, rollout.rollout_logps, mask, mode=s.mode, clip_max=s.clip_max,
+                                       clip_min=s.clip_min)
+        return w.expand(mask.shape).contiguous()
+
+    def _mismatch(self, rollout: RolloutBatch, old_logps: Tensor, weights: Tensor | None) -> dict[str, float]:
+        if weights is not None and self.settings.mode.startswith("sequence"):
+            weights = weights[:, :1]  # one weight per row
+        metrics = rollout_mismatch_metrics(old_logps, rollout.rollout_logps, rollout.completion_mask, weights)
+        return {f"rollout_correction/{k}": v for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def begin(self, rollout: RolloutBatch, *, single_pass: bool, trainer_logps: Callable[[], Tensor]) -> None:
+        """Start the step's correction of `rollout` (sets `old_logps` and `token_weights` unless single-pass)."""
+        self._rollout = rollout if rollout.rollout_logps is not None else None
+        self._parts, self._metrics = None, {}
+        if self._rollout is None:
+            return
+        if rollout.old_logps is None and single_pass:
+            self._parts = []  # filled by `observe`, one micro-batch at a time, in row order
+            return
+        if rollout.old_logps is None:
+            rollout.old_logps = trainer_logps()
+        rollout.token_weights = self.weights(rollout.old_logps, rollout)
+        self._metrics = self._mismatch(rollout, rollout.old_logps, rollout.token_weights)
+
+    def observe(self, micro: RolloutBatch, logps: Tensor) -> Tensor | None:
+        """The token weights of `micro` given its training forward's log-probs (N, T)."""
+        if self._parts is None or micro.rollout_logps is None:
+            return micro.token_weights
+        logps = logps.detach()
+        self._parts.append(logps)
+        return self.weights(logps, micro)
+
+    @torch.no_grad()
+    def finish(self, trainer_logps: Callable[[], Tensor]) -> dict[str, float]:
+        """The mismatch metrics of the step (`trainer_logps` runs only if a single pass skipped its backward)."""
+        rollout, parts = self._rollout, self._parts
+        self._rollout, self._parts = None, None
+        if rollout is None:
+            return {}
+        if parts is not None:
+            old = torch.cat(parts) if parts else trainer_logps()
+            return self._mismatch(rollout, old, self.weights(old, rollout))
+        return self._metrics
+
+
+__all__ = ["ROLLOUT_CORRECTION_MODES", "RolloutCorrection", "RolloutCorrectionSettings", "rollout_importance_weights",
+           "rollout_mismatch_metrics"]

@@ -79,6 +79,9 @@ class RolloutBatch:
     turn_spans: list[list[tuple[int, int]]] | None = None  # per row: (start, end) token spans of policy turns
     rollout_logps: Tensor | None = None  # (N, T) the sampler's own log-probs of its tokens (vLLM), else None
     token_weights: Tensor | None = None  # (N, T) rollout-correction importance weights multiplying the surrogate
+    # Additive statistics of the work that produced the batch (generate_s, generated_tokens, tool_calls, verifier
+    # seconds, ...): the engine and the reward step write them, `concat` sums them, `select` keeps them.
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.completion_ids.shape[0]
@@ -143,6 +146,8 @@ class RolloutBatch:
                 kwargs[f.name] = [value[i] for i in index]
             elif f.name == "columns":
                 kwargs[f.name] = {k: [v[i] for i in index] for k, v in value.items()}
+            elif f.name == "stats":
+                kwargs[f.name] = dict(value)
             else:
                 kwargs[f.name] = value
         return RolloutBatch(**kwargs)
@@ -190,9 +195,24 @@ class RolloutBatch:
             elif f.name == "columns":
                 keys = values[0].keys()
                 kwargs[f.name] = {k: [x for v in values for x in v[k]] for k in keys}
+            elif f.name == "stats":
+                kwargs[f.name] = add_stats(*values)
             else:
                 kwargs[f.name] = values[0]
         return cls(**kwargs)
+
+
+def add_stats(*stats: dict[str, float]) -> dict[str, float]:
+    """Key-wise sum of statistics dicts.
+
+    >>> add_stats({"generate_s": 1.0, "tool_calls": 2.0}, {"generate_s": 0.5})
+    {'generate_s': 1.5, 'tool_calls': 2.0}
+    """
+    out: dict[str, float] = {}
+    for s in stats:
+        for k, v in s.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def _pad_to(t: Tensor, width: int, fill: float, *, left: bool) -> Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modules.rollout.batch import RolloutBatch
+from modules.settings import SettingsError, check_choice, check_number
 
 
 @dataclass
@@ -28,6 +29,19 @@ class SamplingSettings:
     chat_template: str = "auto"
     """auto: use the tokenizer's chat template when it has one; always; never (raw prompt text)."""
 
+    def __post_init__(self) -> None:
+        p = "model.sampling"
+        check_number(f"{p}.max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        check_number(f"{p}.temperature", self.temperature, low=0.0, low_open=True,
+                     fix="greedy decoding is evaluation's job; sample with e.g. 0.7-1.0")
+        check_number(f"{p}.top_p", self.top_p, low=0.0, high=1.0, low_open=True, fix="1.0 = off")
+        check_number(f"{p}.top_k", self.top_k, low=0, integer=True, fix="0 = off")
+        check_number(f"{p}.repetition_penalty", self.repetition_penalty, low=0.0, low_open=True, fix="1.0 = off")
+        if self.stop is not None and any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise SettingsError(f"{p}.stop={self.stop!r}; stop strings must be non-empty (an empty one would cut "
+                                "every completion at its first token)")
+        check_choice(f"{p}.chat_template", self.chat_template, ("auto", "always", "never"))
+
 
 class RolloutEngine(ABC):
     """Samples G completions per prompt and returns one `RolloutBatch` (rows of a group adjacent)."""
@@ -37,14 +51,11 @@ class RolloutEngine(ABC):
     @abstractmethod
     def generate(self, prompts: list[Any], columns: dict[str, list[Any]], *, num_generations: int,
                  greedy: bool = False) -> RolloutBatch:
-        """prompts: B dataset prompts (text or chat messages); columns: B values per field."""
+        """prompts: B dataset prompts (text or chat messages); columns: B values per field. The batch's `stats`
+        hold at least `generate_s` and `generated_tokens`."""
 
     def sync_weights(self) -> None:
         """Push the policy's current weights into the engine (a no-op when the engine shares them)."""
-
-    @property
-    def last_stats(self) -> dict[str, float]:
-        return getattr(self, "_last_stats", {})
 
 
 def render_prompt(tokenizer, prompt: Any, *, system_prompt: str | None = None, chat_template: str = "auto") -> str:

@@ -24,7 +24,6 @@ class HFGenerateEngine(RolloutEngine):
         self.policy = policy
         self.sampling = sampling or SamplingSettings()
         self.generation_batch_size = generation_batch_size
-        self._last_stats: dict[str, float] = {}
 
     def encode_prompts(self, prompts: list[Any], system_prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.policy.tokenizer
@@ -72,14 +71,14 @@ class HFGenerateEngine(RolloutEngine):
         texts = tok.batch_decode([ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist())],
                                  skip_special_tokens=True)
         elapsed = time.perf_counter() - started
-        self._last_stats = {"generate_s": elapsed, "generated_tokens": float(lengths.sum())}
         b = len(prompts)
         return RolloutBatch(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
             completion_mask=completion_mask, completion_attention_mask=completion_mask.clone(),
             prompts=[p for p in prompts for _ in range(g)], completions=texts,
             group_ids=torch.arange(b, device=device).repeat_interleave(g),
-            columns=repeat_columns(columns, g), truncated=truncated, pad_token_id=tok.pad_token_id)
+            columns=repeat_columns(columns, g), truncated=truncated, pad_token_id=tok.pad_token_id,
+            stats={"generate_s": elapsed, "generated_tokens": float(lengths.sum())})
 
     def _stopped_by_string(self, completion_ids: torch.Tensor) -> torch.Tensor:
         """(N,) the length up to and including the first stop string, or 0 where none occurs."""

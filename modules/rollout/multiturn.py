@@ -122,16 +122,16 @@ class MultiTurnToolEngine(HFGenerateEngine):
             attention[i, :k] = 1
         texts = [tok.decode(t, skip_special_tokens=True) for t in tokens]
         device = policy.device
-        self._last_stats = {"generate_s": time.perf_counter() - started - tool_seconds,
-                            "generated_tokens": float(policy_tokens), "tool_calls": float(calls),
-                            "tool_errors": float(errors), "tool_s": tool_seconds,
-                            "turns": sum(len(s) for s in spans) / n}
+        stats = {"generate_s": time.perf_counter() - started - tool_seconds, "generated_tokens": float(policy_tokens),
+                 "tool_calls": float(calls), "tool_errors": float(errors), "tool_s": tool_seconds,
+                 "turns": float(sum(len(s) for s in spans))}
         return RolloutBatch(
             prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
             completion_ids=completion_ids.to(device), completion_mask=completion_mask.to(device),
             completion_attention_mask=attention.to(device), prompts=[p for p in prompts for _ in range(g)],
             completions=texts, group_ids=torch.arange(b, device=device).repeat_interleave(g), columns=row_columns,
-            truncated=torch.tensor(truncated, device=device), pad_token_id=pad, turn_spans=spans)
+            truncated=torch.tensor(truncated, device=device), pad_token_id=pad, turn_spans=spans,
+            stats=stats)
 
     def _generate_turn(self, contexts: list[list[int]], max_new_tokens: int, greedy: bool) -> list[list[int]]:
         """New token ids for each context (left-padded batch), stopping at EOS or a call's closing tag."""

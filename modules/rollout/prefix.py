@@ -34,10 +34,10 @@ def prefix_masks(prefix_lengths: list[int], generated_lengths: list[int], *, tra
 @torch.no_grad()
 def generate_with_prefix(engine: HFGenerateEngine, prompts: list[Any], columns: dict[str, list[Any]],
                          prefix_ids: list[list[int]], *, train_prefix: bool = False, greedy: bool = False
-                         ) -> tuple[RolloutBatch, dict[str, float]]:
+                         ) -> RolloutBatch:
     """One completion per prompt whose first tokens are `prefix_ids[i]` (forced, not sampled), then sampled with the
     engine's settings for up to `max_new_tokens` more. The prefix is part of the completion (the policy reads it;
-    `completion_attention_mask` = 1) and is trained only when `train_prefix`. Returns (batch, stats)."""
+    `completion_attention_mask` = 1) and is trained only when `train_prefix`."""
     policy, tok, s = engine.policy, engine.policy.tokenizer, engine.sampling
     b = len(prompts)
     if len(prefix_ids) != b:
@@ -76,10 +76,10 @@ def generate_with_prefix(engine: HFGenerateEngine, prompts: list[Any], columns: 
     for j, t in enumerate(tokens):
         completion_ids[j, :len(t)] = torch.tensor(t, dtype=torch.long)
     texts = tok.batch_decode(tokens, skip_special_tokens=True)
-    stats = {"generate_s": time.perf_counter() - started, "generated_tokens": float(lengths.sum())}
     batch = RolloutBatch(
         prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device), completion_ids=completion_ids.to(device),
         completion_mask=trained.to(device), completion_attention_mask=attention.to(device), prompts=list(prompts),
         completions=texts, group_ids=torch.arange(b, device=device), columns={k: list(v) for k, v in columns.items()},
-        truncated=truncated.to(device), pad_token_id=tok.pad_token_id)
-    return batch, stats
+        truncated=truncated.to(device), pad_token_id=tok.pad_token_id,
+        stats={"generate_s": time.perf_counter() - started, "generated_tokens": float(lengths.sum())})
+    return batch

@@ -128,7 +128,6 @@ class VLLMEngine(RolloutEngine):
         self._adapter_root: str | None = None
         self._tp_group = None
         self._start_s = 0.0
-        self._last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -271,8 +270,8 @@ class VLLMEngine(RolloutEngine):
         batch = rollout_from_token_ids(prompt_token_ids, token_ids, logps, finished, prompts=prompts,
                                        columns=columns, num_generations=g, pad_token_id=tok.pad_token_id,
                                        tokenizer=tok, device=self.policy.device)
-        self._last_stats = {"generate_s": elapsed, "generated_tokens": float(batch.completion_mask.sum()),
-                            "weight_sync_s": push_s, "engine_start_s": self._start_s}
+        batch.stats = {"generate_s": elapsed, "generated_tokens": float(batch.completion_mask.sum()),
+                       "weight_sync_s": push_s, "engine_start_s": self._start_s}
         self._start_s = 0.0
         return batch
 

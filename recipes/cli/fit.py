@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
+import warnings
 
 # Before torch is imported: spinning OpenMP threads make a small CPU box collapse when anything else runs
 # beside the job (see benchmarks/grpo_step.py); passive waiting costs nothing when the job runs alone.
@@ -21,12 +23,13 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     from modules.models.registry import ModelNotFoundError
     from modules.policy import PolicyConfigError
     from modules.rewards.registry import RewardError
-    from recipes.base import RecipeConfigError
+    from modules.settings import SettingsError
+    from recipes.policy_module import RecipeConfigError
 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     # Lightning's own configuration errors (a strategy that needs CUDA or deepspeed, ...) are one line too
-    return (DataConfigError, ModelNotFoundError, PolicyConfigError, RecipeConfigError, RewardError,
+    return (DataConfigError, ModelNotFoundError, PolicyConfigError, RecipeConfigError, RewardError, SettingsError,
             MisconfigurationException)
 
 
@@ -87,9 +90,34 @@ def config_error_line(err: BaseException) -> str | None:
     return f"{msg}{_hint(msg)}"
 
 
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: ... try installing litlogger / litmodels") from its rank-zero log;
+    its other messages (devices, `Trainer.fit` stopped, ...) pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def _hide_lightning_tips() -> None:
+    """Lightning logs its tips through its rank-zero logger (`rank_zero_info`); filter them there, once."""
+    from lightning.pytorch.utilities import rank_zero
+
+    for log in {rank_zero.rank_zero_module.log, logging.getLogger("lightning.pytorch.utilities.rank_zero")}:
+        if not any(isinstance(f, _NoLightningTips) for f in log.filters):
+            log.addFilter(_NoLightningTips())
+
+
 class R1CLI(LightningCLI):
     """LightningCLI that adds `callbacks.StepProgressBar` (a bar over max_steps with reward and s/step) unless the
     config turns the bar off or brings its own."""
+
+    def parse_arguments(self, parser, args) -> None:
+        # `args` come from our own dispatcher (`r1 fit/run/compare/cloud`) or from tests, by design while sys.argv
+        # holds that command line: Lightning's warning against giving both is not for us.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within "
+                                    "Python", category=UserWarning)
+            super().parse_arguments(parser, args)
 
     def instantiate_trainer(self, **kwargs):
         from lightning.pytorch.callbacks import ProgressBar
@@ -106,11 +134,16 @@ class R1CLI(LightningCLI):
 def build_cli(args: list[str] | None, *, run: bool = True) -> LightningCLI:
     """The recipes' LightningCLI over `args` (None: sys.argv). `run=True` runs the subcommand (`fit ...`);
     `run=False` takes no subcommand and only parses and instantiates (`cli.trainer`, `cli.model`, `cli.datamodule`)."""
-    from datamodules.prompts import PromptDataModule
-    from recipes.base import RLRecipe
+    from jsonargparse import set_parsing_settings
 
+    from datamodules.prompts import PromptDataModule
+    from recipes.policy_module import PolicyModule
+
+    # Each settings field is documented once, as an attribute docstring: show it in --help.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    _hide_lightning_tips()
     # No automatic optimiser wiring (the recipes optimise manually); the config is saved next to the logs.
-    return R1CLI(RLRecipe, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+    return R1CLI(PolicyModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                         run=run, parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": True},
                         auto_configure_optimizers=False)
 

@@ -9,7 +9,7 @@ A pipeline file::
     stages:
       - name: sft                       # a fit stage: an `r1 fit` config (a path, or an inline mapping) ...
         config: ../distill.yaml         # ... relative paths: next to this file, then recipes/configs/, then cwd
-        overrides: {model.init_args.learning_rate: 1.0e-4, data.init_args.task_kwargs.teachers: [adaptive]}
+        overrides: {model.init_args.optimizer.learning_rate: 1.0e-4, data.init_args.task_kwargs.teachers: [adaptive]}
       - name: sample                    # a call stage: fn(stage_dir: Path, model_path: str, **kwargs) -> dict
         call: my_pkg.steps.sample_and_filter
         kwargs: {num_rows: 64}

@@ -44,19 +44,18 @@ def mode_token_span(prefixes: dict[str, list[int]], how: str = "first_divergent"
 
 
 def forced_mode_rollout(engine: HFGenerateEngine, prompts: list[Any], columns: dict[str, list[Any]],
-                        prefixes: dict[str, list[int]], per_mode: int, *, greedy: bool = False
-                        ) -> tuple[RolloutBatch, dict[str, float]]:
+                        prefixes: dict[str, list[int]], per_mode: int, *, greedy: bool = False) -> RolloutBatch:
     """B adjacent groups (ids 0..B-1) of `per_mode` responses forced to start with the think prefix, then
     `per_mode` forced to start with the no-think prefix; the prefix tokens are trained (completion_mask = 1) and
-    each row's mode is in `columns[MODE_COLUMN]`. Returns (batch, generation stats)."""
+    each row's mode is in `columns[MODE_COLUMN]`."""
     b, g = len(prompts), 2 * per_mode
     modes = [THINK] * per_mode + [NO_THINK] * per_mode
-    batch, stats = generate_with_prefix(engine, [p for p in prompts for _ in range(g)], repeat_columns(columns, g),
+    batch = generate_with_prefix(engine, [p for p in prompts for _ in range(g)], repeat_columns(columns, g),
                                         [prefixes[m] for _ in range(b) for m in modes], train_prefix=True,
                                         greedy=greedy)
     batch.group_ids = torch.arange(b, device=batch.group_ids.device).repeat_interleave(g)  # (B * G,)
     batch.columns[MODE_COLUMN] = modes * b
-    return batch, stats
+    return batch
 
 
 @torch.no_grad()

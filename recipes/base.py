@@ -88,7 +88,7 @@ class RLRecipe(PolicyModule):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         reference: str = "auto",
-        sampling: SamplingSettings | None = None,
+        sampling: SamplingSettings = SamplingSettings(),
         generation_batch_size: int | None = None,
         rollout_engine: str = "hf",
         vllm: VLLMSettings | None = None,

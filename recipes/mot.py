@@ -23,6 +23,7 @@ tie-break order (`priority`). Code rationales are never run in-process; `execute
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 from collections import Counter
@@ -74,7 +75,7 @@ def _settings(sampling: dict | None, *, few_shot: int) -> SamplingSettings:
         raise RecipeConfigError(f"mot: sampling={sampling!r}: {err}; use SamplingSettings fields "
                                 "(max_new_tokens, temperature, top_p, top_k, stop, chat_template)") from None
     if few_shot and not settings.stop:
-        settings.stop = ["\nProblem:"]  # a few-shot prompt invites the model to write the next problem
+        settings = dataclasses.replace(settings, stop=["\nProblem:"])  # a few-shot prompt invites the next problem
     return settings
 
 

@@ -65,7 +65,7 @@ class PolicyModule(L.LightningModule):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         reference: str = "auto",
-        sampling: SamplingSettings | None = None,
+        sampling: SamplingSettings = SamplingSettings(),
         generation_batch_size: int | None = None,
         rollout_engine: str = "hf",
         vllm: VLLMSettings | None = None,

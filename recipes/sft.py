@@ -53,7 +53,7 @@ class SFT(PolicyModule):
         quantization: str | None = None,
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
-        sampling: SamplingSettings | None = None,
+        sampling: SamplingSettings = SamplingSettings(),
         generation_batch_size: int | None = None,
         accuracy_reward: str | None = "accuracy",
         optimizer: OptimizerSettings = OptimizerSettings(adam_betas=(0.9, 0.999)),

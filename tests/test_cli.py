@@ -34,6 +34,24 @@ def test_every_shipped_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("recipes.")
     assert printed["model"]["init_args"]["rewards"], "a recipe without rewards"
+    # The YAML states only what differs from the recipe's defaults; the printed config resolves every field.
+    import dataclasses
+    import importlib
+
+    from test_config_defaults import effective_default
+
+    module, _, name = printed["model"]["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    given = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
+    for group in ("objective", "optimizer", "batching", "sampling"):
+        default = effective_default(cls, group)
+        if not dataclasses.is_dataclass(default):
+            continue
+        resolved = printed["model"]["init_args"][group]
+        for f in dataclasses.fields(default):
+            expected = (given.get(group) or {}).get(f.name, getattr(default, f.name))
+            expected = list(expected) if isinstance(expected, tuple) else expected
+            assert resolved[f.name] == expected, f"{group}.{f.name}"
 
 
 def test_grpo_config_trains_two_steps_on_the_tiny_model(fit_metrics, tmp_path):

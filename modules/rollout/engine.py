@@ -10,7 +10,7 @@ from modules.rollout.batch import RolloutBatch
 from modules.settings import SettingsError, check_choice, check_number
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingSettings:
     """How completions are sampled (shared by every engine)."""
 

@@ -25,11 +25,13 @@ Each hook gets what it needs as arguments and returns its metrics; none reads st
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from modules.objectives import ObjectiveSettings, micro_batch_loss, zero_variance_groups
@@ -42,7 +44,7 @@ from modules.rollout.engine import SamplingSettings
 from modules.rollout.vllm import VLLMSettings
 from modules.settings import check_number
 from recipes.policy_module import HOOKS as POLICY_HOOKS
-from recipes.policy_module import PolicyModule, RecipeConfigError, recipe_settings
+from recipes.policy_module import REWARD_SECONDS, PolicyModule, RecipeConfigError, recipe_settings
 
 HOOKS = (*POLICY_HOOKS, "prepare_logps", "compute_advantages", "loss", "on_step_end")
 """The methods of `RLRecipe` a recipe may override."""
@@ -139,7 +141,10 @@ class RLRecipe(PolicyModule):
 
     def compute_advantages(self, rollout: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         """(N,) or (N, T) advantages from rollout.rewards and the group size, and the hook's metrics."""
-        return self.objective.advantages(rollout.rewards, rollout.group_size), {}
+        try:
+            return self.objective.advantages(rollout.rewards, rollout.group_size), {}
+        except ValueError as err:
+            raise RecipeConfigError(f"model.rewards: {err}") from None
 
     def loss(self, micro: RolloutBatch, *, mini_rows: float, mini_tokens: float) -> tuple[Tensor, dict[str, Tensor]]:
         """Objective of one micro-batch, already weighted so micro-batches add up to the mini-batch loss.
@@ -236,7 +241,7 @@ class RLRecipe(PolicyModule):
         counts: dict[str, int] = {}
         losses: list[float] = []
         grad_norms: dict[str, list[float]] = {}
-        trained_tokens = 0
+        trained_tokens, nonfinite = 0, 0
         if len(rollout) % b.steps_per_generation:
             raise RecipeConfigError(f"model.batching.steps_per_generation={b.steps_per_generation} does not divide the "
                                     f"{len(rollout)} rows of the generation batch (batch_size x num_generations); "
@@ -265,9 +270,17 @@ class RLRecipe(PolicyModule):
                             sums[key] = sums.get(key, 0.0) + float(value)
                             counts[key] = counts.get(key, 0) + 1
                     losses.append(total)
-                    for name, norm in self.clip_gradients_by_group(opt, self.optimizer_settings.max_grad_norm).items():
-                        grad_norms.setdefault(name, []).append(norm)
-                    trained_tokens += mini_tokens
+                    norms = self.clip_gradients_by_group(opt, self.optimizer_settings.max_grad_norm)
+                    if all(math.isfinite(v) for v in norms.values()):
+                        for name, norm in norms.items():
+                            grad_norms.setdefault(name, []).append(norm)
+                        trained_tokens += mini_tokens
+                    else:  # a NaN/inf gradient would poison the weights and AdamW's moments for good: skip it
+                        nonfinite += 1
+                        opt.zero_grad(set_to_none=True)
+                        rank_zero_warn(f"step {self.global_step}: non-finite gradient norm {norms}; this update is "
+                                       "skipped (train/nonfinite_grad_updates). Check the rewards, the learning rate "
+                                       "and the reference log-probs")
                 opt.step()  # a no-op update on zero grads still advances the step counter (keeps schedules aligned)
                 opt.zero_grad(set_to_none=True)
                 if sched is not None:
@@ -278,6 +291,7 @@ class RLRecipe(PolicyModule):
         for name, norms in grad_norms.items():
             out["grad_norm" if name == "policy" else f"grad_norm/{name}"] = float(np.mean(norms))
         out["skipped_backward"] = float(skip)
+        out["nonfinite_grad_updates"] = float(nonfinite)
         out["tokens_per_s/train"] = trained_tokens / elapsed if elapsed > 0 and trained_tokens else 0.0
         return out
 
@@ -310,6 +324,8 @@ class RLRecipe(PolicyModule):
         for key in ("weight_sync_s", "engine_start_s"):
             if stats.get(key):
                 out[f"time/{key}"] = stats[key]
+        out.update({f"time/reward/{k[len(REWARD_SECONDS):]}_s": v for k, v in stats.items()
+                    if k.startswith(REWARD_SECONDS)})
         out.update(self.reward_set.stats(rollout.rewards_per_func))
         if self.accuracy_reward is not None:
             out["accuracy"] = out[f"rewards/{self.accuracy_reward}/mean"]

@@ -110,7 +110,8 @@ class NOVER(RLRecipe):
                             RewardSpec("nover_efficiency", efficiency_weight), *(rewards or [])]
         super().__init__(model_name_or_path, specs, sampling=sampling, objective=objective, **kwargs)
         rs = self.reward_set  # name NOVER's columns format / reasoning / efficiency (a user's `format` -> format_2)
-        self.reward_set = RewardSet(rs.funcs, rs.weights, [*NOVER_COLUMNS, *rs.names[len(NOVER_COLUMNS):]])
+        self.reward_set = RewardSet(rs.funcs, rs.weights, [*NOVER_COLUMNS, *rs.names[len(NOVER_COLUMNS):]],
+                                    rs.timeouts)
         self.proxy = ProxyModel(self.policy)
         self._nover_steps = 0  # training steps done (the proxy mixes every proxy_update_every of them)
 

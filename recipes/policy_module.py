@@ -36,7 +36,7 @@ from torch import Tensor
 from modules.optim import OptimizerSettings
 from modules.policy import LoraSettings, Policy
 from modules.rewards import RewardSet, RewardSpec
-from modules.rollout.batch import RolloutBatch
+from modules.rollout.batch import RolloutBatch, add_stats
 from modules.rollout.engine import RolloutEngine, SamplingSettings, split_rows
 from modules.rollout.hf import HFGenerateEngine
 from modules.rollout.vllm import VLLMEngine, VLLMSettings
@@ -44,6 +44,7 @@ from modules.settings import SettingsError, check_choice, settings_from, signatu
 
 ROLLOUT_ENGINES = ("hf", "vllm")
 PURPOSES = ("train", "eval")
+REWARD_SECONDS = "reward_s/"  # rollout.stats key prefix: seconds each reward function took
 HOOKS = ("build_rollout", "generate", "score", "eval_metrics", "parameter_groups", "recipe_state",
          "load_recipe_state")
 """The methods of `PolicyModule` a recipe may override."""
@@ -143,10 +144,12 @@ class PolicyModule(L.LightningModule):
         """
         kwargs = {"completion_lengths": rollout.completion_lengths.tolist(), "truncated": rollout.truncated.tolist(),
                   "group_ids": rollout.group_ids.tolist(), **reward_kwargs}
-        per_func, total = self.reward_set(rollout.prompts, rollout.completions, rollout.columns, **kwargs)
+        per_func, total, seconds = self.reward_set.score(rollout.prompts, rollout.completions, rollout.columns,
+                                                         **kwargs)
         rollout.rewards_per_func = per_func.to(self.device)
         rollout.rewards = total.to(self.device)
         rollout.reward_names = list(self.reward_set.names)
+        rollout.stats = add_stats(rollout.stats, {f"{REWARD_SECONDS}{name}": s for name, s in seconds.items()})
         return rollout
 
     def eval_metrics(self, rollouts: list[RolloutBatch]) -> dict[str, float]:
@@ -245,14 +248,14 @@ class PolicyModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def clip_gradients_by_group(self, optimizer: torch.optim.Optimizer, limit: float | None) -> dict[str, float]:
-        """Clip each parameter group's gradient norm to `limit`; {group name: norm before clipping} (none if off)."""
-        if limit is None:
-            return {}
+        """Clip each parameter group's gradient norm to `limit` (None: measure only); {group name: norm before
+        clipping}. A non-finite norm is returned as is (the caller skips that update)."""
         norms = {}
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                norms[group.get("name", "policy")] = float(torch.nn.utils.clip_grad_norm_(params, limit))
+                norm = torch.nn.utils.clip_grad_norm_(params, math.inf if limit is None else limit)
+                norms[group.get("name", "policy")] = float(norm)
         return norms
 
     # ------------------------------------------------------------------ checkpoints

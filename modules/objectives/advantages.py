@@ -104,4 +104,10 @@ def compute_advantages(name: str, rewards: Tensor, group_size: int, **kwargs) ->
             f"compute_advantages: unknown advantage estimator {name!r}; "
             f"choose one of {sorted(ADVANTAGE_ESTIMATORS)}."
         )
-    return ADVANTAGE_ESTIMATORS[name](rewards, group_size, **kwargs)
+    # In float64: float32 rewards near its range (±3e38) overflow the group std to inf and turn every advantage
+    # into 0 silently; float64 holds their spread exactly enough, and what still is not finite is refused.
+    advantages = ADVANTAGE_ESTIMATORS[name](rewards.double(), group_size, **kwargs).to(rewards.dtype)
+    if not bool(torch.isfinite(advantages).all()):
+        raise ValueError(f"compute_advantages: the rewards (max |r| = {float(rewards.abs().max()):.3g}) give "
+                         "non-finite advantages; scale the reward functions to a moderate range")
+    return advantages

@@ -162,6 +162,12 @@ def policy_loss(
     # Counts in at least float32: a bf16 mask.sum() is inexact above 256 tokens.
     mask = mask.to(torch.promote_types(logps.dtype, torch.float32))
     old_logps = logps.detach() if old_logps is None else old_logps
+    # Padding positions hold arbitrary log-probs (a reference's -100 against a policy's 0 makes exp overflow):
+    # neutralise them before any exp, or the loss stays finite while its gradient is NaN (0 * inf).
+    valid = mask > 0
+    old_logps = torch.where(valid, old_logps, logps.detach())
+    if ref_logps is not None:
+        ref_logps = torch.where(valid, ref_logps, logps.detach())
 
     ratio = torch.exp(logps - old_logps)  # (N, T)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)

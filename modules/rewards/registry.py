@@ -11,10 +11,13 @@ this row". Every function accepts and ignores unknown keywords.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib
 import math
 import numbers
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -22,6 +25,8 @@ import torch
 from torch import Tensor
 
 RewardFn = Callable[..., list]
+DEFAULT_TIMEOUT = 600.0  # seconds per batch call: room for an LLM judge or code execution on a CPU
+ON_TIMEOUT = ("error", "none")
 
 _REGISTRY: dict[str, RewardFn] = {}
 
@@ -98,6 +103,19 @@ class RewardSpec:
     """Multiplier of this function's value in the total reward."""
     kwargs: dict = field(default_factory=dict)
     """Options bound to the function with `functools.partial` (e.g. ``{extract: boxed, mode: math}``)."""
+    timeout: float | None = DEFAULT_TIMEOUT
+    """Seconds one call (a whole batch) may take; a slower call is an error naming the function, or gives None
+    for every row with ``on_timeout: none`` (null = no limit). The call runs in a worker thread, which Python
+    cannot stop: a function that hangs keeps its thread until it returns (code execution has its own kill)."""
+    on_timeout: str = "error"
+    """error (stop with one line naming the function) or none (score the batch None and warn)."""
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ValueError(f"reward {self.name!r}: timeout={self.timeout!r}; give seconds > 0 or null for no limit")
+        if self.on_timeout not in ON_TIMEOUT:
+            raise ValueError(f"reward {self.name!r}: on_timeout={self.on_timeout!r}; use one of "
+                             f"{', '.join(ON_TIMEOUT)}")
 
 
 def _fn_name(fn: Callable) -> str:
@@ -117,7 +135,8 @@ class RewardSet:
     """
 
     def __init__(self, funcs: Sequence[RewardFn], weights: Sequence[float] | None = None,
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, timeouts: Sequence[tuple[float | None, str]] | None = None
+                 ) -> None:
         if not funcs:
             raise ValueError("RewardSet needs at least one reward function")
         weights = [1.0] * len(funcs) if weights is None else [float(w) for w in weights]
@@ -130,6 +149,8 @@ class RewardSet:
         self.funcs = list(funcs)
         self.weights = weights
         self.names = _unique(names)
+        # (seconds or None, on_timeout) per function; callables given directly get the default limit.
+        self.timeouts = list(timeouts) if timeouts is not None else [(DEFAULT_TIMEOUT, "error")] * len(funcs)
         # Options bound with functools.partial: a dataset column of the same name would override them.
         self._bound = [tuple(f.keywords) if isinstance(f, functools.partial) else () for f in funcs]
 
@@ -137,7 +158,7 @@ class RewardSet:
     def from_specs(cls, specs: Sequence[RewardSpec | str | dict | RewardFn]) -> RewardSet:
         """Build from config entries: `RewardSpec`, a name / dotted path, a ``{name, weight, kwargs}`` dict,
         or a callable (weight 1). Repeated names get suffixes ``_2``, ``_3``."""
-        funcs, weights, names = [], [], []
+        funcs, weights, names, timeouts = [], [], [], []
         for spec in specs:
             if isinstance(spec, dict):
                 spec = RewardSpec(**spec)
@@ -148,24 +169,32 @@ class RewardSet:
                 funcs.append(functools.partial(fn, **spec.kwargs) if spec.kwargs else fn)
                 weights.append(spec.weight)
                 names.append(spec.name.rpartition(".")[2])
+                timeouts.append((spec.timeout, spec.on_timeout))
             elif callable(spec):
                 funcs.append(spec)
                 weights.append(1.0)
                 names.append(_fn_name(spec))
+                timeouts.append((DEFAULT_TIMEOUT, "error"))
             else:
                 raise TypeError(f"reward spec must be a RewardSpec, name, dict or callable, got {spec!r}")
-        return cls(funcs, weights, names)
+        return cls(funcs, weights, names, timeouts)
 
     def __len__(self) -> int:
         return len(self.funcs)
 
     def __call__(self, prompts: list, completions: list[str], columns: dict[str, list] | None = None,
                  **extra: Any) -> tuple[Tensor, Tensor]:
+        """``(rewards_per_func (N, F) float32 with NaN for None, total (N,))``; see `score`."""
+        per_func, total, _ = self.score(prompts, completions, columns, **extra)
+        return per_func, total
+
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list] | None = None,
+              **extra: Any) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Score every completion with every function.
 
         `columns`: per-row dataset fields; `extra`: trainer keywords (``completion_lengths``,
         ``truncated``; tensors are turned into lists). Returns ``(rewards_per_func (N, F) float32 with
-        NaN for None, total (N,))``.
+        NaN for None, total (N,), {name: seconds the function took})``.
         """
         columns = dict(columns or {})
         n = len(completions)
@@ -180,12 +209,16 @@ class RewardSet:
                 raise ValueError(f"column {key!r} has {len(value)} values for {n} completions")
 
         per_func = torch.empty(n, len(self.funcs), dtype=torch.float32)  # (N, F)
-        for j, (name, fn, bound) in enumerate(zip(self.names, self.funcs, self._bound)):
+        seconds: dict[str, float] = {}
+        for j, (name, fn, bound, limit) in enumerate(zip(self.names, self.funcs, self._bound, self.timeouts)):
             clash = sorted(set(bound) & set(columns))
             if clash:
                 raise ValueError(f"reward {name!r}: options {clash} have the same name as dataset columns; "
                                  "rename the columns")
-            per_func[:, j] = _validated(name, _call(name, fn, prompts, completions, columns, extra), n)
+            started = time.perf_counter()
+            values = _call(name, fn, prompts, completions, columns, extra, *limit)
+            seconds[name] = time.perf_counter() - started
+            per_func[:, j] = _validated(name, [None] * n if values is _TIMED_OUT else values, n)
 
         weights = torch.tensor(self.weights, dtype=torch.float32)  # (F,)
         none_rows = torch.isnan(per_func).all(dim=1).nonzero().flatten().tolist()
@@ -196,7 +229,7 @@ class RewardSet:
                 f"{len(none_rows)} such rows): add a reward that scores it. Completion: {str(completions[i])[:200]!r}"
             )
         total = torch.nansum(per_func * weights, dim=1)  # (N,)
-        return per_func, total
+        return per_func, total, seconds
 
     def stats(self, rewards_per_func: Tensor) -> dict[str, float]:
         """``rewards/<name>/mean`` and ``rewards/<name>/std`` over the non-None (non-NaN) values.
@@ -226,11 +259,34 @@ def _unique(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _call(name: str, fn: RewardFn, prompts, completions, columns, extra) -> Any:
+_TIMED_OUT = object()
+
+
+def _call(name: str, fn: RewardFn, prompts, completions, columns, extra, timeout: float | None = None,
+          on_timeout: str = "error") -> Any:
+    """fn's values; with a `timeout`, the call runs in a worker thread so the limit holds whichever thread (a
+    dataloader's, a callback's) calls it, where signal-based alarms cannot."""
+    def call() -> Any:
+        try:
+            return fn(prompts=prompts, completions=completions, **columns, **extra)
+        except Exception as err:
+            raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
+
+    if timeout is None:
+        return call()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
     try:
-        return fn(prompts=prompts, completions=completions, **columns, **extra)
-    except Exception as err:
-        raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
+        return pool.submit(call).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        if on_timeout == "none":
+            warnings.warn(f"reward {name!r} did not return within {timeout:g} s: this batch scores None for it "
+                          "(on_timeout: none)", RuntimeWarning, stacklevel=2)
+            return _TIMED_OUT
+        raise RewardError(f"reward {name!r} did not return within its timeout of {timeout:g} s; raise "
+                          f"`timeout` in its reward entry ({{name: {name}, timeout: ...}}), make it faster, or set "
+                          "on_timeout: none to score such batches None") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _validated(name: str, values: Any, n: int) -> Tensor:

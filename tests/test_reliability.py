@@ -1,0 +1,144 @@
+"""Reliability: bad values fail at construction with one line, numbers that overflow are handled, slow rewards
+time out by name, a non-finite gradient never reaches the weights."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from modules.objectives import ObjectiveSettings, compute_advantages, policy_loss
+from modules.optim import OptimizerSettings
+from modules.rewards import RewardError, RewardSet, RewardSpec
+from modules.rollout.engine import SamplingSettings
+from modules.settings import SettingsError
+from recipes.base import BatchSettings
+
+
+# ---------------------------------------------------------------------------------------------- bad values
+@pytest.mark.parametrize("make, match", [
+    (lambda: OptimizerSettings(max_grad_norm=-1.0), "model.optimizer.max_grad_norm=-1.0; it must be > 0.0"),
+    (lambda: OptimizerSettings(max_grad_norm=0.0), "model.optimizer.max_grad_norm=0.0"),
+    (lambda: OptimizerSettings(learning_rate=0.0), "model.optimizer.learning_rate=0.0"),
+    (lambda: OptimizerSettings(warmup_steps=-1), "model.optimizer.warmup_steps=-1"),
+    (lambda: ObjectiveSettings(beta=-0.1), "model.objective.beta=-0.1"),
+    (lambda: ObjectiveSettings(epsilon_low=-0.2), "model.objective.epsilon_low=-0.2"),
+    (lambda: ObjectiveSettings(epsilon_high=0.28, delta=1.2), "model.objective.delta=1.2; it must be > 1.28"),
+    (lambda: SamplingSettings(top_p=1.5), "model.sampling.top_p=1.5"),
+    (lambda: SamplingSettings(top_p=0.0), "model.sampling.top_p=0.0"),
+    (lambda: SamplingSettings(top_k=-1), "model.sampling.top_k=-1"),
+    (lambda: SamplingSettings(temperature=0.0), "model.sampling.temperature=0.0"),
+    (lambda: SamplingSettings(max_new_tokens=0), "model.sampling.max_new_tokens=0"),
+    (lambda: SamplingSettings(stop=[""]), "model.sampling.stop=['']"),
+    (lambda: BatchSettings(micro_batch_size=0), "model.batching.micro_batch_size=0"),
+    (lambda: BatchSettings(num_iterations="2"), "model.batching.num_iterations='2'; give an integer"),
+])
+def test_bad_settings_are_one_line_errors_naming_the_field(make, match):
+    with pytest.raises(SettingsError) as err:
+        make()
+    assert match in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_recipe_values_fail_before_the_model_loads():
+    from recipes.grpo import GRPO
+
+    started = time.perf_counter()  # "no-such-model" would fail to load: the settings fail first
+    for kwargs, match in ((dict(num_generations="4"), "model.num_generations='4'"),
+                          (dict(generation_batch_size=0), "model.generation_batch_size=0"),
+                          (dict(objective={"loss_type": "grpo2"}), "model.objective.loss_type='grpo2'"),
+                          (dict(sampling={"top_p": 2.0}), "model.sampling.top_p=2.0"),
+                          (dict(optimizer={"lr": 1e-5}), "model.optimizer")):
+        with pytest.raises(SettingsError, match=match):
+            GRPO("no-such-model", rewards=["accuracy"], **kwargs)
+    assert time.perf_counter() - started < 5
+
+
+# ---------------------------------------------------------------------------------------------- numerics
+def test_kl_on_padding_positions_gives_a_finite_gradient():
+    """A padding position with the reference at -100 and the policy at 0: exp(100) overflows in float32. The loss
+    masks it out, and its gradient must stay finite too (0 * inf = NaN before the fix)."""
+    logps = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)  # (1, 3), position 2 is padding
+    ref = torch.tensor([[-1.5, -1.0, -100.0]])
+    old = torch.tensor([[-1.0, -2.0, 90.0]])  # a stale value at padding: exp(-90) is harmless, exp(+90) is not
+    mask = torch.tensor([[1, 1, 0]])
+    loss, metrics = policy_loss(logps, old, torch.tensor([1.0]), mask, beta=0.1, ref_logps=ref)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logps.grad).all()
+    assert logps.grad[0, 2] == 0.0
+    # the real tokens' loss is unchanged: k3 of the two trained tokens, mean over the sequence
+    d = torch.tensor([-0.5, 1.0])
+    expected = -1.0 + 0.1 * float((torch.exp(d) - d - 1).mean())
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rewards_near_the_float32_range_keep_their_advantages():
+    rewards = torch.tensor([3e38, -3e38, 1.0, 2.0])
+    adv = compute_advantages("grpo", rewards, 2, scale="group")
+    assert adv.dtype == torch.float32 and torch.isfinite(adv).all()
+    assert adv.tolist() == pytest.approx([0.7071, -0.7071, -0.7070, 0.7070], abs=1e-3)  # not silently 0
+    with pytest.raises(ValueError, match="non-finite advantages"):
+        compute_advantages("rloo", torch.tensor([3e38, -3e38]), 2)  # 2 * 3e38 overflows float32
+
+
+# ---------------------------------------------------------------------------------------------- rewards
+def _slow(prompts, completions, **kw):
+    time.sleep(2.0)
+    return [1.0] * len(completions)
+
+
+def _fast(prompts, completions, **kw):
+    return [0.5] * len(completions)
+
+
+def test_a_hanging_reward_times_out_by_name_or_scores_none():
+    import modules.rewards.registry as registry
+
+    registry._REGISTRY["slow_test_reward"] = _slow
+    registry._REGISTRY["fast_test_reward"] = _fast
+    try:
+        rs = RewardSet.from_specs([RewardSpec("slow_test_reward", timeout=0.2), "fast_test_reward"])
+        started = time.perf_counter()
+        with pytest.raises(RewardError, match=r"reward 'slow_test_reward' did not return within its timeout of 0.2 s"):
+            rs(["p"], ["c"])
+        assert time.perf_counter() - started < 1.5
+        rs = RewardSet.from_specs([RewardSpec("slow_test_reward", timeout=0.2, on_timeout="none"), "fast_test_reward"])
+        with pytest.warns(RuntimeWarning, match="slow_test_reward"):
+            per_func, total, seconds = rs.score(["p", "q"], ["c", "d"])
+        assert torch.isnan(per_func[:, 0]).all() and total.tolist() == [0.5, 0.5]
+        assert 0.15 < seconds["slow_test_reward"] < 1.5 and seconds["fast_test_reward"] < 0.2
+        with pytest.raises(ValueError, match="timeout=-1"):
+            RewardSpec("fast_test_reward", timeout=-1)
+    finally:
+        del registry._REGISTRY["slow_test_reward"], registry._REGISTRY["fast_test_reward"]
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+def test_a_non_finite_gradient_is_skipped_loudly_and_never_reaches_the_weights(tiny_model_path, tmp_path):
+    from datamodules import PromptDataModule
+    from lightning.pytorch.loggers import CSVLogger
+
+    from recipes.grpo import GRPO
+
+    class NaNGradient(GRPO):
+        def loss(self, micro, *, mini_rows, mini_tokens):
+            loss, metrics = super().loss(micro, mini_rows=mini_rows, mini_tokens=mini_tokens)
+            p = next(self.policy.trainable_parameters())
+            # forward 0, gradient 0 * inf = NaN: a finite loss whose backward poisons every weight it touches
+            return loss + torch.where(p > 1e9, torch.log(p - p), torch.zeros_like(p)).sum(), metrics
+
+    L.seed_everything(0)
+    recipe = NaNGradient(str(tiny_model_path), rewards=["accuracy"], num_generations=2,
+                         sampling={"max_new_tokens": 4}, batching={"skip_zero_signal_steps": False})
+    before = {n: p.detach().clone() for n, p in recipe.named_parameters() if p.requires_grad}
+    data = PromptDataModule(task="arithmetic", num_rows=16, batch_size=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    with pytest.warns(UserWarning, match="non-finite gradient norm"):
+        trainer.fit(recipe, datamodule=data)
+    after = dict(recipe.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in before.items())  # no update, no NaN
+    assert float(trainer.callback_metrics["train/nonfinite_grad_updates"]) == 1.0
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))

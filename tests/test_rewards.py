@@ -90,7 +90,8 @@ def test_extract_helpers():
     text = "<think>\\boxed{1}</think><answer>first</answer> <answer>\\boxed{\\frac{a}{b}}</answer>"
     assert extract_answer(text, "auto") == "\\frac{a}{b}"  # last answer tag, box inside unwrapped
     assert extract_answer(text, "answer_tag") == "\\boxed{\\frac{a}{b}}"
-    assert extract_answer("so \\boxed{x^{2}} and \\boxed{7}", "boxed") == "7"
+    assert extract_answer("so \\boxed{x^{2}}, which gives \\boxed{7}", "boxed") == "7"  # working between: last box
+    assert extract_answer("so \\boxed{x^{2}} and \\boxed{7}", "boxed") == "x^{2}, 7"  # a list of boxes is one answer
     assert extract_answer("just prose 5", "auto") == "just prose 5"
     assert extract_answer("just prose 5", "answer_tag") is None
     assert extract_answer("just prose 5", "boxed") is None

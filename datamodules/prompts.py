@@ -24,17 +24,31 @@ def _hub_offline() -> bool:
     return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8; an undecodable byte is one line naming the file, the line and the fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataConfigError(f"source {str(path)!r}: line {line} is not UTF-8 (byte {data[err.start]:#04x} at "
+                              f"offset {err.start}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _read_json_file(path: Path, split: str) -> list[dict]:
     if path.suffix == ".jsonl":
         rows = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise DataConfigError(f"source {str(path)!r}: line {line_no} is not valid JSON ({err})") from None
         return rows
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataConfigError(f"source {str(path)!r}: not valid JSON ({err})") from None
     if isinstance(data, dict) and isinstance(data.get(split), list):
         return data[split]
     if isinstance(data, list):

@@ -247,6 +247,25 @@ class PolicyModule(L.LightningModule):
             raise RecipeConfigError(str(err)) from None
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """Apply the configured optimiser settings over a restored optimiser state: a checkpoint's state holds its
+        own learning rate, weight decay and betas, and resuming with changed ones must use the new values."""
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            return
+        s = self.optimizer_settings
+        wanted = [g.get("lr", s.learning_rate) for g in self.parameter_groups()]
+        if len(wanted) != len(optimizer.param_groups):
+            return  # a recipe that builds its own optimiser (a test's plain SGD)
+        schedulers = self.lr_schedulers()
+        scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch) if scheduler is not None else 1.0
+        for group, base in zip(optimizer.param_groups, wanted):
+            group.update(lr=base * factor, initial_lr=base, weight_decay=s.weight_decay, betas=tuple(s.adam_betas))
+        if scheduler is not None:
+            scheduler.base_lrs = list(wanted)
+
     def clip_gradients_by_group(self, optimizer: torch.optim.Optimizer, limit: float | None) -> dict[str, float]:
         """Clip each parameter group's gradient norm to `limit` (None: measure only); {group name: norm before
         clipping}. A non-finite norm is returned as is (the caller skips that update)."""

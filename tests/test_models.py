@@ -187,8 +187,12 @@ def test_resolve_missing_path_names_the_path_and_the_aliases(tmp_path):
 
 
 def test_resolve_passes_hub_ids_through_but_not_local_looking_paths(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: a hub id goes to from_pretrained as is
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_model_path("gpt2") == "gpt2"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline and not cached: one line now, not a 150-line traceback
+    with pytest.raises(ModelNotFoundError, match="the hub is offline"):
+        resolve_model_path("gpt2")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ModelNotFoundError, match="checkpoints/run-1"):

@@ -142,3 +142,65 @@ def test_a_non_finite_gradient_is_skipped_loudly_and_never_reaches_the_weights(t
     assert all(torch.equal(after[n], v) for n, v in before.items())  # no update, no NaN
     assert float(trainer.callback_metrics["train/nonfinite_grad_updates"]) == 1.0
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+def _r1(capsys, *argv: str) -> tuple[int, str]:
+    from recipes.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    return code, capsys.readouterr().err
+
+
+def _fit_args(model, root, *extra):
+    return ["fit", "--config", "recipes/configs/grpo.yaml", "--model.model_name_or_path", str(model),
+            "--trainer.default_root_dir", str(root), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", str(root), "--trainer.callbacks", "[]", "--trainer.enable_progress_bar",
+            "false", "--model.sampling.max_new_tokens", "4", "--model.num_generations", "2", "--data.batch_size",
+            "2", "--data.num_rows", "16", "--data.val_size", "0", "--model.batching.skip_zero_signal_steps", "false",
+            *extra]
+
+
+def test_resume_applies_the_options_given_and_refuses_a_structural_change(tiny_model_path, tmp_path, capsys):
+    import pandas as pd
+
+    assert _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "a", "--trainer.max_steps", "1"))[0] == 0
+    ckpt = next((tmp_path / "a").rglob("*.ckpt"))
+    # "lower the learning rate and resume": Lightning's CLI would silently restore 1e-5 from the checkpoint
+    code, err = _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "b", "--trainer.max_steps", "2",
+                                       "--ckpt_path", str(ckpt), "--model.optimizer.learning_rate=-1e-3"))
+    assert code == 2 and err.count("\n") == 1 and "model.optimizer.learning_rate=-0.001" in err  # read as a number
+    code, err = _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "b", "--trainer.max_steps", "2",
+                                       "--ckpt_path", str(ckpt), "--model.optimizer.learning_rate", "3e-6"))
+    assert code == 0
+    metrics = pd.read_csv(next((tmp_path / "b").rglob("metrics.csv")))
+    lrs = metrics["train/lr"].dropna().tolist()
+    assert lrs == [pytest.approx(3e-6)]  # the resumed step ran with the new learning rate
+    code, err = _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "c", "--trainer.max_steps", "2",
+                                       "--ckpt_path", str(ckpt), "--model.lora", "{r: 2, alpha: 4}"))
+    assert code == 2 and "was trained with model.lora.alpha=32, not 4;" in err and err.count("\n") == 1
+
+
+def test_unreadable_inputs_are_one_line_errors(tiny_model_path, tmp_path, capsys):
+    ckpt = tmp_path / "truncated.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    latin1 = tmp_path / "rows.jsonl"
+    latin1.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    cases = [
+        (["--ckpt_path", str(ckpt)], "truncated.ckpt' cannot be read"),
+        (["--ckpt_path", str(tmp_path / "missing.ckpt")], "missing.ckpt' is not a file"),
+        (["--model.model_name_or_path", str(empty)], "has no config.json (it holds nothing)"),
+        (["--model.model_name_or_path", "someone/not-cached-model"], "the hub is offline (HF_HUB_OFFLINE=1)"),
+        (["--data.source", str(latin1), "--data.task", "null"], "rows.jsonl': line 2 is not UTF-8 (byte 0xe9"),
+        (["--model.rewards", "[{name: no_such_module.fn}]"], "PYTHONPATH=. r1 fit"),
+        (["--model.sampling.top_p", "1.5"], "model.sampling.top_p=1.5; it must be <= 1.0"),
+    ]
+    for extra, match in cases:
+        code, err = _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "run", "--trainer.max_steps", "1", *extra))
+        lines = [ln for ln in err.splitlines() if ln.startswith("r1: error")]
+        assert code == 2 and match in err and len(lines) == 1 and "Traceback" not in err, (extra, err[-400:])

@@ -77,6 +77,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     name = os.fspath(name_or_path)
     local = Path(name).expanduser()
     if local.is_dir():
+        _check_model_dir(local, name)
         return str(local) if name.startswith("~") else name
     if name in _ALIASES:
         return _ALIASES[name][0]()
@@ -90,7 +91,41 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
             f"model path {name!r} does not exist; pass an existing directory, a hub id, "
             f"or one of the aliases {sorted(_ALIASES)}"
         )
+    if _offline() and not _in_hub_cache(name):
+        raise ModelNotFoundError(
+            f"model {name!r} is a hub id, the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; "
+            f"download it on a connected machine, pass a local directory, or use an alias ({', '.join(sorted(_ALIASES))})"
+        )
     return name
+
+
+def _check_model_dir(path: Path, name: str) -> None:
+    """A model directory must hold a config.json and tokenizer files (an empty or half-copied folder otherwise
+    fails deep inside transformers, e.g. with an unrelated "install sentencepiece")."""
+    if not (path / "config.json").is_file():
+        found = sorted(p.name for p in path.iterdir())[:6]
+        raise ModelNotFoundError(f"model directory {name!r} has no config.json (it holds {found or 'nothing'}); "
+                                 "pass the folder written by save_pretrained (config.json, weights, tokenizer files)")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+    if not any((path / f).is_file() for f in tokenizer_files):
+        raise ModelNotFoundError(f"model directory {name!r} has no tokenizer files ({', '.join(tokenizer_files[:2])}, "
+                                 "...); save the tokenizer there too (tokenizer.save_pretrained(path))")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds a snapshot of `repo_id` with a config.json (what offline loading needs)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id: let from_pretrained report it
+        return False
 
 
 def _is_hub_id(name: str) -> bool:

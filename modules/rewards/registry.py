@@ -73,7 +73,8 @@ def get_reward(name: str) -> RewardFn:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise ValueError(f"reward {name!r}: cannot import module {module_name!r} ({err})") from err
+            raise ValueError(f"reward {name!r}: cannot import module {module_name!r} ({err}); run from the directory "
+                             "that holds it or put that directory on the path (PYTHONPATH=. r1 fit ...)") from err
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise ValueError(f"reward {name!r}: module {module_name!r} has no callable {attr!r}")

@@ -7,12 +7,16 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 # Before torch is imported: spinning OpenMP threads make a small CPU box collapse when anything else runs
 # beside the job (see benchmarks/grpo_step.py); passive waiting costs nothing when the job runs alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from modules.settings import SettingsError  # noqa: E402
 
 
 EXIT_CONFIG_ERROR = 2
@@ -23,7 +27,6 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     from modules.models.registry import ModelNotFoundError
     from modules.policy import PolicyConfigError
     from modules.rewards.registry import RewardError
-    from modules.settings import SettingsError
     from recipes.policy_module import RecipeConfigError
 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -107,9 +110,91 @@ def _hide_lightning_tips() -> None:
             log.addFilter(_NoLightningTips())
 
 
+class CheckpointError(SettingsError):
+    """A checkpoint that cannot be resumed from (missing, unreadable, or written for another model)."""
+
+
+# Resuming with one of these changed would load the trained weights into another model.
+STRUCTURAL_OPTIONS = ("model_name_or_path", "lora", "quantization", "dtype")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted option: (checkpoint value, value now)} for the options both know and that differ.
+
+    >>> resume_changes({"optimizer": {"learning_rate": 1e-5, "adam_betas": [0.9, 0.99]}, "lora": None, "x": 1},
+    ...                {"optimizer": {"learning_rate": 1e-6, "adam_betas": (0.9, 0.99)}, "lora": {"r": 2}, "x": 1})
+    {'lora': (None, {'r': 2}), 'optimizer.learning_rate': (1e-05, 1e-06)}
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(saved.keys() & current.keys()):
+        old, new = _plain(saved[key]), _plain(current[key])
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.update(resume_changes(old, new, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = (old, new)
+    return out
+
+
+def check_resume(ckpt_path: str, model_init_args: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Read the checkpoint to resume from (one line if it is missing or unreadable), refuse a changed structural
+    option, and return the other options the command line changes."""
+    import torch
+
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path={ckpt_path!r} is not a file; give a .ckpt that r1 fit wrote "
+                              "(<default_root_dir>/.../checkpoints/*.ckpt)")
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same one-line problem
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"--ckpt_path={ckpt_path!r} cannot be read ({reason}); it is truncated or not a "
+                              "checkpoint: resume from an earlier one") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"--ckpt_path={ckpt_path!r} holds no state_dict; it is not a Lightning checkpoint")
+    saved = ckpt.get("hyper_parameters") or {}
+    changes = resume_changes(saved, model_init_args)
+    structural = [k for k in changes if k.split(".")[0] in STRUCTURAL_OPTIONS]
+    if structural:
+        k = structural[0]
+        raise CheckpointError(f"--ckpt_path={ckpt_path!r} was trained with model.{k}={changes[k][0]!r}, not "
+                              f"{changes[k][1]!r}; resume with the same {', '.join(STRUCTURAL_OPTIONS)}, or start a "
+                              "new run from the merged weights")
+    return changes
+
+
 class R1CLI(LightningCLI):
     """LightningCLI that adds `callbacks.StepProgressBar` (a bar over max_steps with reward and s/step) unless the
-    config turns the bar off or brings its own."""
+    config turns the bar off or brings its own, and that resumes with the options the user gives."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the parsed model options by the checkpoint's hyper-parameters, so "lower the learning
+        rate and resume" silently does nothing. Here the command line wins: the checkpoint is checked, a changed
+        structural option is refused, and every other changed option is reported."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path:
+            return
+        model = self.config[self.config.subcommand].get("model")
+        init_args = model.get("init_args") if model is not None else None
+        current = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+        changes = check_resume(str(ckpt_path), current)
+        if changes:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info("resuming with changed options: " + ", ".join(
+                f"model.{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
 
     def parse_arguments(self, parser, args) -> None:
         # `args` come from our own dispatcher (`r1 fit/run/compare/cloud`) or from tests, by design while sys.argv
@@ -148,11 +233,33 @@ def build_cli(args: list[str] | None, *, run: bool = True) -> LightningCLI:
                         auto_configure_optimizers=False)
 
 
+_NEGATIVE_SCIENTIFIC = re.compile(r"^-\d*\.?\d+[eE][+-]?\d+$")
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """`--key -1e-3` -> `--key=-1e-3`: argparse reads a negative number with an exponent as an option name.
+
+    >>> join_negative_numbers(["fit", "--model.optimizer.learning_rate", "-1e-3", "--x", "-2"])
+    ['fit', '--model.optimizer.learning_rate=-1e-3', '--x', '-2']
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i].startswith("--") and "=" not in argv[i] and i + 1 < len(argv) and \
+                _NEGATIVE_SCIENTIFIC.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def run_fit(argv: list[str] | None) -> int:
     """`r1 fit ...` (or any LightningCLI subcommand) over `argv` (None: sys.argv); a config error is one line on
     stderr and exit status 2."""
     try:
-        build_cli(argv)
+        build_cli(join_negative_numbers(sys.argv[1:] if argv is None else argv))
     except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises
         line = config_error_line(err)
         if line is None:

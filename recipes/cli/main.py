@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
               "`r1 compare --help`, `r1 run --help`, `r1 cloud fit --help`, `r1 subspaces --help`.")
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if from_shell and os.getcwd() not in sys.path:  # as `python -m` does: a config may name ./my_rewards.py's fns
+        sys.path.insert(0, os.getcwd())
     warnings.filterwarnings("ignore", category=FutureWarning)
     if argv and argv[0] == "compare":
         from recipes.cli.compare import main as compare_main

@@ -3,9 +3,9 @@
 Comparison modes: ``math`` (symbolic equivalence with HF math-verify), ``exact`` (normalised string
 match), ``number`` (the last number equals the gold numerically).
 
-Before math-verify sees a text (gold, extracted answer or whole completion), an escaped dollar ``\\$`` (LaTeX's
-literal dollar, a currency sign) is removed: math-verify drops it inside LaTeX but cannot read a number behind
-it anywhere else, and it is never a math delimiter.
+Before math-verify sees a text (gold, extracted answer or whole completion), currency signs are removed
+(`strip_currency`): an escaped dollar ``\\$`` (LaTeX's literal dollar) is no math delimiter, and math-verify
+cannot read a number behind it; ``€18`` is no LaTeX, so a bare answer read as LaTeX would not parse.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # 1,234,567.5 | -12 | 3.25 | .5 ; a trailing sentence period is not part of the number.
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 _DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
-# A LaTeX-escaped dollar (literal "$", a currency sign), not itself escaped ("\\$" is a line break and a "$").
-# Removed outright after a sign, bracket, space or the start ("-\$5" -> "-5"); elsewhere it leaves a space, so
-# that math-verify still sees a number after "total:" or "=" ("total:\$18" -> "total: 18").
-_ESCAPED_DOLLAR_DROP = re.compile(r"(?<![^\s\-+({\[])\\\$")
-_ESCAPED_DOLLAR = re.compile(r"(?<!\\)\\\$")
+# A currency sign: a LaTeX-escaped dollar (not itself escaped: "\\$" is a line break and a "$") or one of the
+# signs math-verify's plain-number reader accepts (a bare "$" is a math delimiter, not a sign here).
+_CURRENCY_SIGNS = "€£¥₹₽₪₩₫฿₡₢₣₤₥₦₧₨₭₮₯₰₱₲₳₴₵₶₷₸₺₻₼₾₿"
+_CURRENCY = re.compile(rf"(?<!\\)\\\$|[{_CURRENCY_SIGNS}]")
+_CURRENCY_DROP = re.compile(rf"(?<![^\s\-+({{\[])(?:\\\$|[{_CURRENCY_SIGNS}])")  # after a sign, bracket, space, start
 # What may stand between two \boxed{} of one answer (a list such as "\boxed{-2}, \boxed{1}"): whitespace,
 # commas, semicolons, "and" / "or" (also in \text{}), alignment and spacing commands, math delimiters, and the
 # label of the next box ("x = \boxed{1}, y_2 = \boxed{2}").
@@ -319,26 +319,29 @@ def _timeout(seconds: int | None) -> int | None:
     return seconds if threading.current_thread() is threading.main_thread() else None
 
 
-def strip_escaped_dollars(text: str) -> str:
-    r"""`text` without LaTeX-escaped dollars (currency signs), which math-verify cannot read outside LaTeX.
+def strip_currency(text: str) -> str:
+    r"""`text` without currency signs (``€``, ``£``, ... and LaTeX's escaped dollar ``\$``; a plain ``$`` is a
+    math delimiter), which never carry a value and which math-verify cannot read inside LaTeX nor, for ``\$``,
+    anywhere. Dropped after a sign, bracket, space or the start (``-\$5`` -> ``-5``), otherwise replaced by a
+    space, so that a number after ``total:`` or ``=`` is still read as one.
 
-    >>> strip_escaped_dollars(r"costs \$18, a loss of -\$5, total:\$13; $x\\$")
-    'costs 18, a loss of -5, total: 13; $x\\\\$'
+    >>> strip_currency(r"costs \$18 or €17, a loss of -\$5, total:\$13; $x\\$")
+    'costs 18 or 17, a loss of -5, total: 13; $x\\\\$'
     """
-    return _ESCAPED_DOLLAR.sub(" ", _ESCAPED_DOLLAR_DROP.sub("", text))
+    return _CURRENCY.sub(" ", _CURRENCY_DROP.sub("", text))
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str, wrap: bool, timeout: int | None, config: tuple | None = None,
            extraction_mode: str = "any_match", fallback_mode: str = "first_match") -> list:
-    """math-verify parse of `text` without escaped dollars. Bare LaTeX (``\\frac{1}{2}``, ``x^2+1``) only
+    """math-verify parse of `text` without currency signs. Bare LaTeX (``\\frac{1}{2}``, ``x^2+1``) only
     parses inside ``$...$``, so text without math delimiters is tried wrapped first when `wrap`, then as it is."""
     from math_verify import parse
 
     kwargs = {"parsing_timeout": timeout, "extraction_mode": extraction_mode, "fallback_mode": fallback_mode}
     if config is not None:
         kwargs["extraction_config"] = config
-    text = strip_escaped_dollars(text)
+    text = strip_currency(text)
     if wrap and not any(d in text for d in _DELIMITERS):
         parsed = parse(f"${text}$", **kwargs)
         if parsed:
@@ -454,7 +457,7 @@ def accuracy_reward(
       string); 'no_fallback': drop it.
 
     To reproduce ``math_verify.verify(parse(gold), parse(completion), ...)`` use ``extract='none'`` with the same
-    options and ``$...$``-delimited golds (escaped dollars are still dropped, see the module docstring).
+    options and ``$...$``-delimited golds (currency signs are still dropped, see the module docstring).
 
     >>> accuracy_reward(None, ["<answer>\\frac{1}{2}</answer>", "<answer>2</answer>"], answer=["0.5", "0.5"])
     [1.0, 0.0]

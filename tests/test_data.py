@@ -359,7 +359,8 @@ def test_lightning_resume_sees_the_batches_of_a_straight_run(tmp_path: Path, sto
     assert torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"] == (
         stop_at // 3
     )
-    second = _fit(tmp_path / "resumed", 5, ckpt_path=ckpt)
+    with pytest.warns(UserWarning, match="Checkpoint directory .*resumed exists and is not empty"):
+        second = _fit(tmp_path / "resumed", 5, ckpt_path=ckpt)  # resumes where the first run saved, as a user does
     assert first + second == straight
     epoch0 = sum((batch for batch, _ in straight[:3]), [])
     assert len(set(epoch0)) == 9  # the first epoch's three batches are distinct rows

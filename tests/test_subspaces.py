@@ -211,7 +211,7 @@ def test_end_to_end_demo_writes_the_report(tiny_model_path, tmp_path):
     code = main(["--config", str(CONFIG_DIR / "safety_subspaces.yaml"), "--out_dir", str(tmp_path),
                  "--demo.model_name_or_path", str(tiny_model_path), "--demo.aligned_steps", "2",
                  "--demo.finetune_steps", "2", "--demo.num_rows", "16", "--demo.batch_size", "4",
-                 "--demo.max_length", "96", "--analysis.fracs", "[0.5]", "--analysis.etas", "[0.5, 0.9]",
+                 "--analysis.fracs", "[0.5]", "--analysis.etas", "[0.5, 0.9]",
                  "--analysis.num_eval_prompts", "3", "--analysis.max_new_tokens", "6",
                  "--analysis.num_activation_prompts", "12", "--analysis.keep_models", "true"])
     assert code == 0

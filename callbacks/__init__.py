@@ -7,7 +7,9 @@ from callbacks.adapter_checkpoint import AdapterCheckpoint
 from callbacks.evaluation import HeldOutEval
 from callbacks.hybrid_accuracy import HybridAccuracy
 from callbacks.metrics_plot import MetricsPlot
+from callbacks.preemption import SaveOnPreemption
 from callbacks.progress import StepProgressBar
 from callbacks.samples import SampleTable
 
-__all__ = ["AdapterCheckpoint", "HeldOutEval", "HybridAccuracy", "MetricsPlot", "SampleTable", "StepProgressBar"]
+__all__ = ["AdapterCheckpoint", "HeldOutEval", "HybridAccuracy", "MetricsPlot", "SampleTable", "SaveOnPreemption",
+           "StepProgressBar"]

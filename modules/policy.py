@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from modules.atomic import atomic_path
 from modules.models.loading import quiet_progress
 
 
@@ -249,10 +250,9 @@ class Policy(nn.Module):
         state_dict = self._gathered_state_dict()
         if state_dict is not None and not state_dict:  # FSDP, not rank 0: nothing to write
             return directory
-        directory.mkdir(parents=True, exist_ok=True)
-        with quiet_progress():
-            self.model.save_pretrained(directory, state_dict=state_dict)
-        self.tokenizer.save_pretrained(directory)
+        with atomic_path(directory, directory=True) as tmp, quiet_progress():  # never a half-written folder
+            self.model.save_pretrained(tmp, state_dict=state_dict)
+            self.tokenizer.save_pretrained(tmp)
         return directory
 
     def _gathered_state_dict(self) -> dict | None:
@@ -271,7 +271,6 @@ class Policy(nn.Module):
         import tempfile
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         if not self.is_peft:
             return self.save_pretrained(directory)
         if self.source is None:
@@ -287,8 +286,9 @@ class Policy(nn.Module):
                               trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
                               attn_implementation=self._load_kwargs.get("attn_implementation"))
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-            merged.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+            with atomic_path(directory, directory=True) as tmp:
+                merged.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
         return directory
 
 

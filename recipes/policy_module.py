@@ -203,6 +203,10 @@ class PolicyModule(L.LightningModule):
         greedy_rollouts = []
         for i in tqdm(chunks, desc=f"held-out eval ({len(rows)} prompts)", leave=False,
                       disable=not show or len(chunks) < 2):
+            if self._trainer is not None and self.trainer.received_sigterm:  # preempted: stop now, not after
+                from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+                raise SIGTERMException()
             chunk = rows[i:i + batch_size]
             greedy = self.generate_and_score(chunk, purpose="eval", greedy=True, num_generations=1)
             greedy_rollouts.append(greedy)

@@ -4,6 +4,7 @@ time out by name, a non-finite gradient never reaches the weights."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import time
 
 import lightning as L
@@ -204,3 +205,118 @@ def test_unreadable_inputs_are_one_line_errors(tiny_model_path, tmp_path, capsys
         code, err = _r1(capsys, *_fit_args(tiny_model_path, tmp_path / "run", "--trainer.max_steps", "1", *extra))
         lines = [ln for ln in err.splitlines() if ln.startswith("r1: error")]
         assert code == 2 and match in err and len(lines) == 1 and "Traceback" not in err, (extra, err[-400:])
+
+
+def test_sigterm_during_held_out_evaluation_stops_promptly_with_a_checkpoint(tiny_model_path, tmp_path):
+    """A cluster preempts with SIGTERM, then kills: r1 fit must stop within seconds, also mid-evaluation, and
+    leave a checkpoint that resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "marker_reward.py").write_text(
+        "import os, pathlib, time\n"
+        "def marked(prompts, completions, **kw):\n"
+        "    pathlib.Path(os.environ['R1_MARKER']).touch()\n"
+        "    time.sleep(0.3)  # a slow judge: 64 held-out chunks take ~20 s\n"
+        "    return [0.0] * len(completions)\n")
+    marker = tmp_path / "evaluating"
+    root = tmp_path / "run"
+    env = {**os.environ, "R1_MARKER": str(marker), "PYTHONPATH": f"{tmp_path}:{Path.cwd()}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "recipes.cli", *_fit_args(
+        tiny_model_path, root, "--trainer.max_steps", "5", "--data.val_size", "64", "--data.num_rows", "96",
+        "--model.rewards", "[{name: marker_reward.marked}]",
+        "--trainer.callbacks", "[{class_path: callbacks.HeldOutEval, init_args: {batch_size: 1}}]")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), proc.communicate()[1][-2000:]
+        time.sleep(1.0)  # well inside the ~20 s evaluation
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        stopped_after = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert stopped_after < 8, stopped_after
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
+    ckpt = next(root.rglob("preempted.ckpt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert state["global_step"] == 0 and state["state_dict"]  # evaluation at start: before the first update
+    assert not list(root.rglob(".preempted.ckpt.tmp-*"))  # renamed into place, nothing half-written left
+
+
+# ---------------------------------------------------------------------------------------------- saves
+def test_a_failed_save_keeps_the_previous_copy_and_leaves_no_half_file(tmp_path, monkeypatch):
+    import errno
+
+    from modules.atomic import AtomicCheckpointIO, SaveError, atomic_path
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(4)}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # writes half, then the disk is full
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as handle:
+            handle.truncate(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SaveError, match=r"last.ckpt': No space left on device; free space .*previous copy is kept"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    # a folder (an adapter): an error mid-write leaves the previous folder as it was
+    folder = tmp_path / "adapter"
+    with atomic_path(folder, directory=True) as tmp:
+        (tmp / "weights.bin").write_text("v1")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(folder, directory=True) as tmp:
+            (tmp / "weights.bin").write_text("v2-partial")
+            raise KeyboardInterrupt  # Ctrl-C mid-save
+    assert (folder / "weights.bin").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapter", "last.ckpt"]
+    with atomic_path(folder, directory=True) as tmp:
+        (tmp / "weights.bin").write_text("v2")
+    assert (folder / "weights.bin").read_text() == "v2"
+
+
+def test_sigkill_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "saver.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from modules.atomic import AtomicCheckpointIO\n"
+        "io, path = AtomicCheckpointIO(), sys.argv[1]\n"
+        "io.save_checkpoint({'step': 1, 'w': torch.ones(2)}, path)\n"
+        "print('saved', flush=True)\n"
+        "io.save_checkpoint({'step': 2, 'w': torch.zeros(60_000_000)}, path)  # 240 MB: killed while writing\n")
+    path = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert proc.stdout.readline().strip() == "saved"
+    tmp = tmp_path / f".last.ckpt.tmp-{proc.pid}"
+    deadline = time.monotonic() + 60
+    while not tmp.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(path, weights_only=True)["step"] == 1  # the real name still holds the good checkpoint
+
+
+def test_an_unwritable_run_directory_is_one_line(tiny_model_path, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = _r1(capsys, *_fit_args(tiny_model_path, blocker / "run", "--trainer.max_steps", "1"))
+    assert code == 2 and "trainer.default_root_dir=" in err and "is not writable" in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("r1: error")]) == 1 and "Traceback" not in err

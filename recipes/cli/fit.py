@@ -20,6 +20,7 @@ from modules.settings import SettingsError  # noqa: E402
 
 
 EXIT_CONFIG_ERROR = 2
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a job SIGTERM ended
 
 
 def _config_errors() -> tuple[type[BaseException], ...]:
@@ -211,8 +212,18 @@ class R1CLI(LightningCLI):
 
         config = self._get(self.config_init, "trainer", default={})
         given = list(config.get("callbacks") or []) + list(kwargs.get("callbacks") or [])
+        from callbacks.preemption import SaveOnPreemption
+
+        extra = [] if any(isinstance(c, SaveOnPreemption) for c in given) else [SaveOnPreemption()]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [StepProgressBar()]}
+            extra.append(StepProgressBar())
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": extra}
+        from modules.atomic import AtomicCheckpointIO, check_writable
+
+        if self.subcommand == "fit":  # fail now with one line, not at the first log line or checkpoint
+            check_writable(config.get("default_root_dir") or os.getcwd(), "trainer.default_root_dir")
+        if config.get("plugins") is None and "plugins" not in kwargs:  # checkpoints renamed into place (modules.atomic)
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -258,8 +269,14 @@ def join_negative_numbers(argv: list[str]) -> list[str]:
 def run_fit(argv: list[str] | None) -> int:
     """`r1 fit ...` (or any LightningCLI subcommand) over `argv` (None: sys.argv); a config error is one line on
     stderr and exit status 2."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         build_cli(join_negative_numbers(sys.argv[1:] if argv is None else argv))
+    except SIGTERMException:
+        print("r1: stopped by SIGTERM; the checkpoint to resume from is named above (preempted.ckpt)",
+              file=sys.stderr)
+        return EXIT_SIGTERM
     except Exception as err:  # noqa: BLE001 - only config errors are condensed; anything else re-raises
         line = config_error_line(err)
         if line is None:

@@ -208,8 +208,9 @@ def _check_choice(name: str, value, choices: tuple) -> str:
     return value
 
 
-def _target_fields(name: str, kind: type, given: dict) -> dict:
-    """`given` fields of the extraction target `kind`, checked and converted (a normalization_config dict)."""
+def _target_fields(name: str, spec, kind: type, given: dict) -> dict:
+    """`given` fields of the extraction target `kind` (from `spec`), checked and converted (a
+    normalization_config dict becomes a LatexNormalizationConfig)."""
     from math_verify import LatexNormalizationConfig
 
     known = {f.name for f in fields(kind)}
@@ -217,7 +218,7 @@ def _target_fields(name: str, kind: type, given: dict) -> dict:
     for key, value in given.items():
         where = f"{name}.{key}"
         if key not in known:
-            raise _bad(name, given, f"{kind.__name__} has no field {key!r}; its fields are {sorted(known)}")
+            raise _bad(name, spec, f"{kind.__name__} has no field {key!r}: use one of {sorted(known)}")
         if key in ("try_extract_without_anchor", "lowercase"):
             value = _check_bool(where, value, "use true or false")
         elif key == "boxed_match_priority":
@@ -233,7 +234,7 @@ def _target_fields(name: str, kind: type, given: dict) -> dict:
                 norm_known = {f.name for f in fields(LatexNormalizationConfig)}
                 unknown = sorted(set(value) - norm_known)
                 if unknown:
-                    raise _bad(where, value, f"NormalizationConfig has no field {unknown[0]!r}; its fields are "
+                    raise _bad(where, value, f"NormalizationConfig has no field {unknown[0]!r}: use one of "
                                              f"{sorted(norm_known)}")
                 for k, v in value.items():
                     if k == "boxed":
@@ -250,17 +251,21 @@ def _target_fields(name: str, kind: type, given: dict) -> dict:
 
 def _extraction_target(name: str, spec):
     """One math-verify extraction target from a name, a ``{'type': ..., **fields}`` dict or a config object."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, StringExtractionConfig
+    from math_verify import (
+        ExprExtractionConfig,
+        LatexExtractionConfig,
+        StringExtractionConfig,
+    )
 
     kinds = {"latex": LatexExtractionConfig, "expr": ExprExtractionConfig, "string": StringExtractionConfig}
     if isinstance(spec, tuple(kinds.values())):
-        checked = _target_fields(name, type(spec), {f.name: getattr(spec, f.name) for f in fields(spec)})
+        checked = _target_fields(name, spec, type(spec), {f.name: getattr(spec, f.name) for f in fields(spec)})
         return replace(spec, **checked)  # strings as a tuple: the config must be hashable
     if isinstance(spec, str) and spec in kinds:
         return kinds[spec]()
     if isinstance(spec, dict) and spec.get("type") in kinds:
         kind = kinds[spec["type"]]
-        return kind(**_target_fields(name, kind, {k: v for k, v in spec.items() if k != "type"}))
+        return kind(**_target_fields(name, spec, kind, {k: v for k, v in spec.items() if k != "type"}))
     raise _bad(name, spec, _TARGET_HELP)
 
 
@@ -270,7 +275,7 @@ def _extraction_config(name: str, value) -> tuple | None:
     if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
         value = [value]  # a single target
     if not value:
-        raise _bad(name, value, f"give at least one target ({_TARGET_HELP}), or null for math-verify's default")
+        raise _bad(name, value, f"use at least one target ({_TARGET_HELP[4:]}), or null for math-verify's default")
     return tuple(_extraction_target(f"{name}[{i}]", spec) for i, spec in enumerate(value))
 
 
@@ -289,10 +294,10 @@ def math_verify_options(
 
     >>> math_verify_options(float_rounding=2, extraction_config=["expr"]).extraction_config
     (ExprExtractionConfig(try_extract_without_anchor=True),)
-    >>> math_verify_options(float_rounding=-1)
+    >>> math_verify_options(float_rounding=-1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: accuracy reward: float_rounding=-1 is invalid; use an integer >= 0 (decimal places floats are rounded to before comparing; math-verify's default is 6)
+    ValueError: accuracy reward: float_rounding=-1 is invalid; use an integer >= 0 (decimal places floats ...
     """
     return MathVerifyOptions(
         float_rounding=_check_int("float_rounding", float_rounding, 0, "use an integer >= 0 (decimal places "

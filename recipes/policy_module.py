@@ -109,6 +109,11 @@ class PolicyModule(L.LightningModule):
             self.reward_set = RewardSet.from_specs(rewards)
         except (ValueError, TypeError) as err:
             raise RecipeConfigError(f"model.rewards: {err}") from err
+        if accuracy_reward is not None and accuracy_reward not in self.reward_set.names and \
+                accuracy_reward != signature_default(type(self), "accuracy_reward"):
+            raise RecipeConfigError(f"model.accuracy_reward={accuracy_reward!r} is not one of model.rewards "
+                                    f"{list(self.reward_set.names)}; name one of them, or null")
+        # The recipe's default names a reward the config may not use: then nothing is reported as accuracy.
         self.accuracy_reward = accuracy_reward if accuracy_reward in self.reward_set.names else None
         self.policy = Policy.from_pretrained(model_name_or_path, lora=lora, quantization=quantization, dtype=dtype,
                                              gradient_checkpointing=gradient_checkpointing, reference=reference)

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_function_arguments(run)
     try:
         cfg = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        init = parser.instantiate_classes(cfg)
+        init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
         kwargs = {k: init[k] for k in ("out_dir", "checkpoints", "demo", "analysis")}
     except (ArgumentError, RecipeConfigError, TypeError, ValueError) as err:
         line = " ".join(str(err).split())

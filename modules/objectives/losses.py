@@ -220,7 +220,7 @@ def micro_batch_loss(
     >>> lp = torch.zeros(2, 3, requires_grad=True); m = torch.tensor([[1, 1, 0], [1, 0, 0]])
     >>> loss, _ = micro_batch_loss(lp, None, torch.tensor([1.0, -1.0]), m, entropies=torch.zeros(2, 3),
     ...                            micro_rows=2, mini_rows=4, mini_tokens=6)
-    >>> float(loss)  # grpo: mean over the 2 rows of (-1, +1) = 0, times 2/4
+    >>> float(loss.detach())  # grpo: mean over the 2 rows of (-1, +1) = 0, times 2/4
     0.0
     """
     loss, metrics = policy_loss(

@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from modules.settings import SettingsError
+
 RewardFn = Callable[..., list]
 DEFAULT_TIMEOUT = 600.0  # seconds per batch call: room for an LLM judge or code execution on a CPU
 ON_TIMEOUT = ("error", "none")
@@ -113,10 +115,11 @@ class RewardSpec:
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise ValueError(f"reward {self.name!r}: timeout={self.timeout!r}; give seconds > 0 or null for no limit")
+            raise SettingsError(f"model.rewards: reward {self.name!r}: timeout={self.timeout!r}; give seconds > 0 or "
+                                "null for no limit")
         if self.on_timeout not in ON_TIMEOUT:
-            raise ValueError(f"reward {self.name!r}: on_timeout={self.on_timeout!r}; use one of "
-                             f"{', '.join(ON_TIMEOUT)}")
+            raise SettingsError(f"model.rewards: reward {self.name!r}: on_timeout={self.on_timeout!r}; use one of "
+                                f"{', '.join(ON_TIMEOUT)}")
 
 
 def _fn_name(fn: Callable) -> str:

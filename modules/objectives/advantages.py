@@ -130,7 +130,7 @@ def gdpo_advantages(rewards_per_func: Tensor, group_size: int, *, weights: Tenso
 
 
 def passk_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-6) -> Tensor:
-    """Pass@k advantages (Chen et al. 2025, "Pass@k Training", arXiv 2508.10751), shape (N,): in each group only the
+    """Pass@k advantages (arXiv 2503.19595, as veRL cites it), shape (N,): in each group only the
     best completion gets a non-zero advantage, ``r_max - r_second`` (divided by the group's unbiased std + eps when
     ``scale="group"``; ``"none"`` leaves it raw); the first of tied maxima wins (veRL
     verl/trainer/ppo/core_algos.py, compute_grpo_passk_outcome_advantage). Needs ``group_size >= 2``."""

@@ -116,8 +116,9 @@ class RLRecipe(PolicyModule):
         objective = recipe_settings(type(self), ObjectiveSettings, objective, "objective")
         batching = recipe_settings(type(self), BatchSettings, batching, "batching")
         check_number("model.num_generations", num_generations, low=1, integer=True)
-        if num_generations < 2 and objective.advantage_estimator in ("grpo", "rloo") and \
-                objective.scale_rewards != "none":
+        grouped = ("grpo", "rloo", "gdpo", "passk", "reinforce_pp_baseline")  # estimators that compare siblings
+        if num_generations < 2 and objective.advantage_estimator in grouped and \
+                (objective.scale_rewards != "none" or objective.advantage_estimator != "grpo"):
             raise RecipeConfigError(f"model.num_generations={num_generations}: group advantages need at least 2 "
                                     "samples per prompt; set it to 2 or more")
         super().__init__(model_name_or_path, rewards, lora=lora, quantization=quantization, dtype=dtype,

@@ -248,6 +248,7 @@ class PolicyModule(L.LightningModule):
         if not groups[0]["params"]:
             raise RecipeConfigError("the policy has no trainable parameters; check model.lora / model.quantization")
         opt = self.optimizer_settings.build(groups)
+        opt._r1_from_settings = True  # on_train_start re-applies the settings over a restored state
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         total = None if total is None or math.isinf(total) else int(total)
         try:
@@ -259,14 +260,14 @@ class PolicyModule(L.LightningModule):
     def on_train_start(self) -> None:
         """Apply the configured optimiser settings over a restored optimiser state: a checkpoint's state holds its
         own learning rate, weight decay and betas, and resuming with changed ones must use the new values."""
+        if self.trainer.ckpt_path is None:
+            return  # a fresh run: the optimiser was just built from the settings
         optimizers = self.optimizers(use_pl_optimizer=False)
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            return
+        if not getattr(optimizer, "_r1_from_settings", False):
+            return  # a recipe that builds its own optimiser (a test's plain SGD)
         s = self.optimizer_settings
         wanted = [g.get("lr", s.learning_rate) for g in self.parameter_groups()]
-        if len(wanted) != len(optimizer.param_groups):
-            return  # a recipe that builds its own optimiser (a test's plain SGD)
         schedulers = self.lr_schedulers()
         scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
         factor = scheduler.lr_lambdas[0](scheduler.last_epoch) if scheduler is not None else 1.0

@@ -1,7 +1,8 @@
 """Reward functions (TRL contract ``fn(prompts, completions, **columns) -> list[float | None]``),
 registered by name, and `RewardSet` for their weighted combination.
 
-Registered here: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``. The papers' rewards
+Registered here: ``format``, ``accuracy``, ``overlong``, ``length``, ``countdown``, ``reward_model`` (a
+sequence-classification reward model). The papers' rewards
 (``domain_correct``, ``tinyv``, ``laser_d``, ...) live in their packages under `modules.papers` and register when
 `get_reward` first meets a name it does not know. A config may also name a user's function by dotted import path.
 """
@@ -21,12 +22,14 @@ from modules.rewards.accuracy import accuracy_reward, extract_answer, extract_bo
 from modules.rewards.countdown import countdown_reward
 from modules.rewards.format import format_reward
 from modules.rewards.length import length_penalty, overlong_reward, soft_overlong_punishment
+from modules.rewards.reward_model import clear_reward_model_cache, load_reward_model, reward_model_reward
 
 __all__ = [
     "RewardError",
     "RewardSet",
     "RewardSpec",
     "accuracy_reward",
+    "clear_reward_model_cache",
     "completion_text",
     "countdown_reward",
     "extract_answer",
@@ -36,7 +39,9 @@ __all__ = [
     "get_reward",
     "length_penalty",
     "list_rewards",
+    "load_reward_model",
     "overlong_reward",
     "register_reward",
+    "reward_model_reward",
     "soft_overlong_punishment",
 ]

@@ -3,6 +3,7 @@
 - `MathRuleVerifier` (math-verify) and `RuleStubVerifier` (CPU stand-in writing an LLM's decision text):
   `modules.verifiers.rule`.
 - `LLMVerifier`: any local causal LM with the TinyV or General-Reasoner prompt preset: `modules.verifiers.llm`.
+- `RemoteVerifier`: a judge behind an OpenAI-compatible chat-completions server: `modules.verifiers.remote`.
 - `build_verifier(VerifierSettings)`: what the TinyV and General-Reasoner recipes call with their `verifier:` block.
 """
 
@@ -20,6 +21,7 @@ from modules.verifiers.llm import (
     parse_final_decision,
     parse_true_false,
 )
+from modules.verifiers.remote import RemoteVerifier, chat_completions_url
 from modules.verifiers.factory import VERIFIER_KINDS, VerifierSettings, build_verifier
 from modules.verifiers.rule import MathRuleVerifier, RuleStubVerifier, equivalent, normalize_answer, parse_number
 
@@ -31,6 +33,7 @@ __all__ = [
     "CallableVerifier",
     "LLMVerifier",
     "MathRuleVerifier",
+    "RemoteVerifier",
     "RuleStubVerifier",
     "Verifier",
     "VerifierError",
@@ -38,6 +41,7 @@ __all__ = [
     "VerifierSettings",
     "VerifierStats",
     "build_verifier",
+    "chat_completions_url",
     "clear_verifier_cache",
     "equivalent",
     "fill_prompt",

@@ -6,14 +6,18 @@ A reward function follows TRL's contract::
 
 `columns` are the per-row dataset fields (``answer=[...]``, ``numbers=[...]``) plus what the trainer
 adds (``completion_lengths: list[int]``, ``truncated: list[bool]``). ``None`` means "not applicable to
-this row". Every function accepts and ignores unknown keywords.
+this row". Every function accepts and ignores unknown keywords. A function may be ``async def`` (e.g. one that
+calls a remote judge): `RewardSet.score` runs the async functions of a set concurrently with each other (and with
+the sync ones, which run one after another as before), each under its own timeout and with its own seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import importlib
+import inspect
 import math
 import numbers
 import time
@@ -213,15 +217,33 @@ class RewardSet:
                 raise ValueError(f"column {key!r} has {len(value)} values for {n} completions")
 
         per_func = torch.empty(n, len(self.funcs), dtype=torch.float32)  # (N, F)
-        seconds: dict[str, float] = {}
-        for j, (name, fn, bound, limit) in enumerate(zip(self.names, self.funcs, self._bound, self.timeouts)):
+        for name, bound in zip(self.names, self._bound):
             clash = sorted(set(bound) & set(columns))
             if clash:
                 raise ValueError(f"reward {name!r}: options {clash} have the same name as dataset columns; "
                                  "rename the columns")
-            started = time.perf_counter()
-            values = _call(name, fn, prompts, completions, columns, extra, *limit)
-            seconds[name] = time.perf_counter() - started
+        # The async functions start first, together, in one worker thread's event loop; the sync ones then run
+        # one after another in this thread while the async ones are in flight.
+        jobs = [(j, self.names[j], fn, self.timeouts[j]) for j, fn in enumerate(self.funcs) if _is_async(fn)]
+        pending = _start_async(jobs, prompts, completions, columns, extra) if jobs else None
+        outcomes: dict[int, tuple[Any, float]] = {}
+        try:
+            for j, (name, fn, limit) in enumerate(zip(self.names, self.funcs, self.timeouts)):
+                if _is_async(fn):
+                    continue
+                started = time.perf_counter()
+                values = _call(name, fn, prompts, completions, columns, extra, *limit)
+                outcomes[j] = (values, time.perf_counter() - started)
+        except BaseException:
+            if pending is not None:  # a sync reward failed: leave the async ones to end at their own timeouts
+                pending.cancel()
+            raise
+        if pending is not None:
+            outcomes.update(_finish_async(jobs, pending))
+        seconds: dict[str, float] = {}
+        for j, name in enumerate(self.names):  # in the set's order, so errors and warnings come in that order too
+            values, took = outcomes[j]
+            seconds[name] = took
             per_func[:, j] = _validated(name, [None] * n if values is _TIMED_OUT else values, n)
 
         weights = torch.tensor(self.weights, dtype=torch.float32)  # (F,)
@@ -291,6 +313,67 @@ def _call(name: str, fn: RewardFn, prompts, completions, columns, extra, timeout
                           "on_timeout: none to score such batches None") from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_async(fn: Callable) -> bool:
+    """An ``async def`` function, a partial of one, or an object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _start_async(jobs: list, prompts, completions, columns, extra) -> concurrent.futures.Future:
+    """Run every async reward of `jobs` concurrently (asyncio.gather, each under its own `asyncio.wait_for`) in a
+    fresh event loop on a worker thread, so that it works whether or not the calling thread has a loop running.
+    The future's result maps each job index to ``(values | _TIMED_OUT | exception, seconds)``."""
+
+    async def one(name: str, fn: RewardFn, timeout: float | None) -> tuple[Any, float]:
+        started = time.perf_counter()
+        try:
+            values = await asyncio.wait_for(fn(prompts=prompts, completions=completions, **columns, **extra),
+                                            timeout)
+        except asyncio.TimeoutError:
+            values = _TIMED_OUT
+        except Exception as err:  # noqa: BLE001 - raised in the caller's thread, in the set's order
+            values = RewardError(f"reward {name!r} raised {type(err).__name__}: {err}")
+            values.__cause__ = err
+        return values, time.perf_counter() - started
+
+    async def all_jobs() -> dict[int, tuple[Any, float]]:
+        results = await asyncio.gather(*(one(name, fn, limit[0]) for _, name, fn, limit in jobs))
+        return {j: result for (j, *_), result in zip(jobs, results)}
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-async")
+    try:
+        return pool.submit(asyncio.run, all_jobs())
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _finish_async(jobs: list, pending: concurrent.futures.Future) -> dict[int, tuple[Any, float]]:
+    """The async rewards' values; a timed-out one warns (on_timeout: none) or raises, as a sync one does."""
+    limits = [limit[0] for *_, limit in jobs]
+    # wait_for cancels each slow coroutine at its own limit; the margin only bounds a coroutine that blocks the loop
+    outer = None if any(t is None for t in limits) else max(limits) + 5.0
+    try:
+        results = pending.result(timeout=outer)
+    except concurrent.futures.TimeoutError:
+        raise RewardError(f"async rewards {[name for _, name, *_ in jobs]} did not return within {outer:g} s: one "
+                          "of them blocks its event loop (call blocking code through asyncio.to_thread)") from None
+    out = {}
+    for j, name, _, (timeout, on_timeout) in jobs:
+        values, took = results[j]
+        if isinstance(values, RewardError):
+            raise values
+        if values is _TIMED_OUT:
+            if on_timeout != "none":
+                raise RewardError(f"reward {name!r} did not return within its timeout of {timeout:g} s; raise "
+                                  f"`timeout` in its reward entry ({{name: {name}, timeout: ...}}), make it faster, "
+                                  "or set on_timeout: none to score such batches None")
+            warnings.warn(f"reward {name!r} did not return within {timeout:g} s: this batch scores None for it "
+                          "(on_timeout: none)", RuntimeWarning, stacklevel=3)
+        out[j] = (values, took)
+    return out
 
 
 def _validated(name: str, values: Any, n: int) -> Tensor:

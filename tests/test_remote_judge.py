@@ -165,6 +165,7 @@ def test_settings_build_a_remote_verifier(judge):
     ({"kind": "remote", "url": "http://h/v1", "concurrency": 0}, "verifier.concurrency=0"),
     ({"kind": "remote", "url": "http://h/v1", "timeout": 0}, "verifier.timeout=0"),
     ({"kind": "remote", "url": "http://h/v1", "backoff": -1}, "verifier.backoff=-1"),
+    ({"kind": "remote", "url": "http://h/v1"}, "verifier.model_name_or_path='smollm2-135m-instruct' is the local"),
     ({"kind": "cloud"}, "verifier.kind='cloud'"),
 ])
 def test_bad_settings_are_one_line_naming_the_field(fields, named):

@@ -14,6 +14,9 @@ from modules.verifiers.rule import RuleStubVerifier
 VERIFIER_KINDS = ("llm", "rule", "remote")
 
 
+LOCAL_DEFAULT = "smollm2-135m-instruct"  # the embedded model, the local stand-in verifier
+
+
 @dataclass
 class VerifierSettings:
     """Which verifier a recipe uses (the `verifier:` block of the TinyV / General-Reasoner configs)."""
@@ -22,7 +25,7 @@ class VerifierSettings:
     """llm: a local causal LM (`model_name_or_path`); rule: the CPU rule stub (normalised string / number /
     fraction / unit-stripped equality) that writes the preset's decision text, which is then parsed; remote: an
     OpenAI-compatible chat-completions server at `url` serving `model_name_or_path`."""
-    model_name_or_path: str = "smollm2-135m-instruct"
+    model_name_or_path: str = LOCAL_DEFAULT
     """The verifier LM: path, alias or hub id (papers: zhangchenxu/TinyV-1.5B, TIGER-Lab/general-verifier); for
     kind remote, the model name the server serves."""
     prompt: str | None = None
@@ -69,8 +72,9 @@ class VerifierSettings:
                 (field == "concurrency" and not isinstance(value, int))
             if bad or (value <= low if strict else value < low):
                 raise SettingsError(f"verifier.{field}={value!r}; it must be {'>' if strict else '>='} {low}")
-
-
+        if self.kind == "remote" and self.model_name_or_path == LOCAL_DEFAULT:
+            raise SettingsError(f"verifier.model_name_or_path={LOCAL_DEFAULT!r} is the local default; kind remote "
+                                "needs the model name the server serves (e.g. TIGER-Lab/general-verifier)")
 
 
 def build_verifier(settings: VerifierSettings | dict | None = None, *, default_prompt: str = "tinyv") -> Verifier:

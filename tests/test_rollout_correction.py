@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from modules.objectives import policy_loss
-from modules.objectives.tis import rollout_importance_weights, rollout_mismatch_metrics
+from modules.objectives.tis import (
+    RolloutCorrection,
+    RolloutCorrectionSettings,
+    rollout_importance_weights,
+    rollout_mismatch_metrics,
+    truncated_logprobs,
+)
+from modules.settings import SettingsError
 
 OLD = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -3.0, 0.0]])
 MU = torch.tensor([[-2.0, -1.0, -0.5], [-0.2, -1.0, 0.0]])
@@ -82,3 +89,122 @@ def test_policy_loss_multiplies_the_surrogate_not_the_kl():
     torch.testing.assert_close(kl_only, kl_weighted)
     with pytest.raises(ValueError, match="token_weights has shape"):
         policy_loss(logps, None, adv, MASK, token_weights=torch.ones(3))
+
+
+# ---------------------------------------------------------------- top-p / top-k replay (vLLM's processed log-probs)
+P4 = torch.tensor([0.5, 0.3, 0.15, 0.05])
+
+
+@pytest.mark.parametrize("kwargs, kept", [
+    ({}, [0.5, 0.3, 0.15, 0.05]),
+    ({"top_p": 0.75}, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # ascending cumsum .05, .20, .50, 1: <= .25 dropped
+    ({"top_k": 3}, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
+    # top-k first, then top-p over the top-k distribution: .158, .474, 1 ascending; .158 <= .25 dropped
+    ({"top_k": 3, "top_p": 0.75}, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),
+    ({"top_p": 0.01}, [1.0, 0, 0, 0]),  # the most likely token always stays
+])
+def test_truncated_logprobs_by_hand(kwargs, kept):
+    logits = (2.0 * P4.log())[None, :].expand(4, 4)  # at temperature 2 the probabilities are P4
+    got = truncated_logprobs(logits, torch.arange(4), temperature=2.0, **kwargs).exp()
+    torch.testing.assert_close(got, torch.tensor(kept), atol=1e-6, rtol=1e-5)
+
+
+def _reference_truncated(logits, ids, temperature, top_p, top_k):
+    """One position at a time in plain Python: keep the k largest logits, then the most likely tokens while the
+    probability mass ranked above them is < top_p; renormalise over the kept tokens."""
+    out = torch.empty(ids.shape)
+    flat_logits, flat_ids = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1)
+    for n, (row, token) in enumerate(zip(flat_logits.tolist(), flat_ids.tolist())):
+        scaled = [x / temperature for x in row]
+        order = sorted(range(len(scaled)), key=lambda v: -scaled[v])
+        if top_k:
+            order = order[:top_k]
+        z = sum(math.exp(scaled[v]) for v in order)
+        kept, above = [], 0.0
+        for v in order:
+            if above >= top_p:
+                break
+            kept.append(v)
+            above += math.exp(scaled[v]) / z
+        mass = sum(math.exp(scaled[v]) for v in kept)
+        out.view(-1)[n] = math.log(math.exp(scaled[token]) / mass) if token in kept else -math.inf
+    return out
+
+
+@pytest.mark.parametrize("top_p, top_k, temperature", [(0.9, 0, 1.0), (1.0, 5, 0.7), (0.6, 8, 1.3), (1.0, 0, 0.5)])
+def test_truncated_logprobs_match_an_independent_reference(top_p, top_k, temperature):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 12, generator=gen) * 2
+    probs = torch.softmax(logits / temperature, -1)
+    ids = torch.stack([torch.multinomial(p, 1, generator=gen)[:, 0] for p in probs])  # (3, 4), some outside
+    got = truncated_logprobs(logits, ids, temperature=temperature, top_p=top_p, top_k=top_k)
+    expected = _reference_truncated(logits, ids, temperature, top_p, top_k)
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(got[finite], expected[finite], atol=1e-5, rtol=1e-5)
+    if top_p == 1.0 and top_k == 0:  # no truncation: the plain log-softmax
+        torch.testing.assert_close(got, torch.log_softmax(logits / temperature, -1).gather(-1, ids[..., None])[..., 0])
+
+
+# ---------------------------------------------------------------- geometric and off-policy sequence masks
+def test_geometric_mask_keeps_rows_whose_mean_log_ratio_is_in_range():
+    # mean log ratio over trained tokens: row 0 (1 - 1 + 0) / 3 = 0 -> 1; row 1 (0.1 - 2) / 2 = -0.95 -> 0.387
+    w = rollout_importance_weights(OLD, MU, MASK, mode="geometric_mask", clip_min=0.5, clip_max=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0], [0.0]]))
+    w = rollout_importance_weights(OLD, MU, MASK, mode="geometric_mask", clip_min=0.3, clip_max=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0], [1.0]]))  # a pure mask: kept rows weigh 1, not the ratio
+    w = rollout_importance_weights(OLD, MU, MASK, mode="geometric_mask", clip_min=None, clip_max=0.99)
+    torch.testing.assert_close(w, torch.tensor([[0.0], [1.0]]))  # e^0 = 1 > 0.99
+
+
+def test_offpolicy_mask_drops_negative_advantage_rows_that_drifted():
+    # sampler-to-trainer mean log ratio (rollout - old): row 0 0, row 1 (-0.1 + 2) / 2 = 0.95
+    adv = torch.tensor([-1.0, -1.0])
+    w = rollout_importance_weights(OLD, MU, MASK, mode="offpolicy_mask", advantages=adv, offpolicy_threshold=0.9)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    w = rollout_importance_weights(OLD, MU, MASK, mode="offpolicy_mask", advantages=adv, offpolicy_threshold=1.0)
+    assert bool((w == 1).all())  # 0.95 <= delta
+    w = rollout_importance_weights(OLD, MU, MASK, mode="offpolicy_mask", advantages=torch.tensor([-1.0, 2.0]),
+                                   offpolicy_threshold=0.9)
+    assert bool((w == 1).all())  # a positive advantage is never masked
+    token_adv = torch.tensor([[-1.0, -1.0, -1.0], [0.5, -0.5, 0.0]])  # (N, T): per-token sign
+    w = rollout_importance_weights(OLD, MU, MASK, mode="offpolicy_mask", advantages=token_adv,
+                                   offpolicy_threshold=0.9)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="needs the advantages"):
+        rollout_importance_weights(OLD, MU, MASK, mode="offpolicy_mask", offpolicy_threshold=0.9)
+
+
+def test_mask_only_modes_report_the_zeroed_share():
+    w = rollout_importance_weights(OLD, MU, MASK, mode="geometric_mask", clip_min=0.5, clip_max=2.0)
+    m = rollout_mismatch_metrics(OLD, MU, MASK, w, mask_only=True)
+    assert m["is_corrected_frac"] == 0.5 and m["is_weight/mean"] == 0.5  # one row of two rejected
+
+
+def test_the_correction_object_passes_the_advantages_and_truncated_pi_old():
+    from types import SimpleNamespace
+
+    s = RolloutCorrectionSettings(mode="offpolicy_mask", offpolicy_threshold=0.9)
+    rc = RolloutCorrection(s)
+    rollout = SimpleNamespace(rollout_logps=MU, completion_mask=MASK, old_logps=OLD.clone(), token_weights=None)
+    rc.begin(rollout, single_pass=False, trainer_logps=lambda: OLD, advantages=torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(rollout.token_weights, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    # row 1's 2 trained tokens of the 5 are zeroed
+    assert rc.finish(lambda: OLD)["rollout_correction/is_corrected_frac"] == pytest.approx(0.4)
+    # with a truncating sampler, the weights use `sampler_logps` and old_logps stays the ratio's base
+    rc = RolloutCorrection(RolloutCorrectionSettings(mode="token_truncate"))
+    rollout = SimpleNamespace(rollout_logps=MU, completion_mask=MASK, old_logps=OLD.clone(), token_weights=None)
+    rc.begin(rollout, single_pass=False, trainer_logps=lambda: OLD, sampler_logps=lambda: MU.clone())
+    assert bool((rollout.token_weights == 1).all()) and torch.equal(rollout.old_logps, OLD)
+    assert rc.finish(lambda: MU)["rollout_correction/logp_diff/max"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "geometric_mask", "clip_max": None}, "geometric_mask needs clip_min and/or clip_max"),
+    ({"mode": "offpolicy_mask"}, "offpolicy_mask needs offpolicy_threshold"),
+    ({"mode": "offpolicy_mask", "offpolicy_threshold": -1.0}, "offpolicy_threshold"),
+])
+def test_new_mode_settings_are_one_line_errors(kwargs, message):
+    with pytest.raises(SettingsError, match=message) as err:
+        RolloutCorrectionSettings(**kwargs)
+    assert "\n" not in str(err.value)

@@ -174,7 +174,8 @@ def test_the_vllm_fragment_composes_with_a_recipe_config(capsys):
     assert model["class_path"] == "recipes.grpo.GRPO"  # the recipe stays; only the engine settings change
     args = model["init_args"]
     assert args["rollout_engine"] == "vllm" and args["vllm"]["weight_sync"] == "merged"
-    assert args["rollout_correction"] == {"mode": "token_truncate", "clip_max": 2.0, "clip_min": None}
+    assert args["rollout_correction"] == {"mode": "token_truncate", "clip_max": 2.0, "clip_min": None,
+                                          "offpolicy_threshold": None}
     assert args["objective"]["beta"] == 0.04  # grpo.yaml's own settings are kept
 
 

@@ -200,14 +200,18 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------ log-probs
     def token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     completion_attention_mask: Tensor, *, temperature: float = 1.0, micro_batch_size: int | None = None,
-                    with_entropy: bool = False, entropy_grad: bool = False, model: nn.Module | None = None
-                    ) -> tuple[Tensor, Tensor | None]:
+                    with_entropy: bool = False, entropy_grad: bool = False, model: nn.Module | None = None,
+                    truncation: tuple[float, int] | None = None) -> tuple[Tensor, ...]:
         """Log-probs (N, T) of each completion token under `model` (default: the policy), with temperature.
 
         Only the T completion positions go through the LM head (`logits_to_keep`), one micro-batch at a time.
         Returns (logps, entropy) where entropy (N, T) is the full-distribution entropy at each position (a
-        metric without a graph, unless `entropy_grad` is set for an entropy bonus in the loss).
+        metric without a graph, unless `entropy_grad` is set for an entropy bonus in the loss). With `truncation`
+        = (top_p, top_k), returns (logps, entropy, truncated) where `truncated` (N, T, no graph) are the log-probs
+        renormalised over each position's top-k / top-p set, as vLLM's sampler gives them (same forward).
         """
+        from modules.objectives.tis import truncated_logprobs
+
         model = self.model if model is None else model
         n, t = completion_ids.shape
         micro = n if not micro_batch_size else int(micro_batch_size)
@@ -215,7 +219,7 @@ class Policy(nn.Module):
         attention = torch.cat([prompt_mask, completion_attention_mask], dim=1)  # (N, P + T)
         # Positions count real tokens only, exactly as `generate` builds them for left-padded prompts.
         position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
-        logps, entropies = [], []
+        logps, entropies, truncated = [], [], []
         for i in range(0, n, micro):
             out = model(input_ids=input_ids[i:i + micro], attention_mask=attention[i:i + micro],
                         position_ids=position_ids[i:i + micro], logits_to_keep=t + 1, use_cache=False)
@@ -224,12 +228,17 @@ class Policy(nn.Module):
                 logits = logits / temperature
             lse = torch.logsumexp(logits, dim=-1)  # (n, T), shared by the log-probs and the entropy
             logps.append(selective_log_softmax(logits, completion_ids[i:i + micro], lse))
+            if truncation is not None:
+                with torch.no_grad():
+                    truncated.append(truncated_logprobs(logits.detach(), completion_ids[i:i + micro],
+                                                        top_p=truncation[0], top_k=truncation[1]))
             if with_entropy and entropy_grad:
                 entropies.append(entropy_from_logits(logits, lse))
             elif with_entropy:  # a metric only: no graph through it
                 with torch.no_grad():
                     entropies.append(entropy_from_logits(logits.detach(), lse.detach()))
-        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+        out = torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+        return out if truncation is None else (*out, torch.cat(truncated))
 
     @torch.no_grad()
     def ref_token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,

@@ -111,7 +111,8 @@ class RLRecipe(PolicyModule):
             batching: Iterations, optimiser steps per generation batch, micro-batches, dynamic sampling.
             rollout_correction: Importance correction for the sampler/trainer log-prob mismatch of a separate
                 engine (vLLM): mode token_truncate (TIS, default, clip_max 2), token_mask, sequence_truncate,
-                sequence_mask or off; the mismatch is logged under train/rollout_correction/ in every mode.
+                sequence_mask, geometric_mask, offpolicy_mask (+ offpolicy_threshold) or off; the mismatch is
+                logged under train/rollout_correction/ in every mode.
         """
         objective = recipe_settings(type(self), ObjectiveSettings, objective, "objective")
         batching = recipe_settings(type(self), BatchSettings, batching, "batching")
@@ -160,10 +161,11 @@ class RLRecipe(PolicyModule):
         `mini_rows` / `mini_tokens`: rows and trained tokens of the mini-batch (under DDP, their mean over ranks,
         so that DDP's gradient average is the objective of the global mini-batch)."""
         o = self.objective
-        logps, entropy = self.policy.token_logps(
+        truncation = self.sampler_truncation() if self.rollout_correction.observing else None
+        logps, entropy, *sampler = self.policy.token_logps(
             *logp_inputs(micro), temperature=self.sampling.temperature, with_entropy=True,
-            entropy_grad=o.entropy_coef != 0.0 or o.target_entropy is not None)  # (n, T), (n, T)
-        weights = self.rollout_correction.observe(micro, logps)
+            entropy_grad=o.entropy_coef != 0.0 or o.target_entropy is not None, truncation=truncation)  # (n, T)
+        weights = self.rollout_correction.observe(micro, sampler[0] if sampler else logps, micro.advantages)
         kwargs = o.loss_kwargs()
         if o.target_entropy is not None:  # the adaptive coefficient, updated once per optimiser step
             mask = micro.completion_mask.to(entropy.dtype)
@@ -186,14 +188,17 @@ class RLRecipe(PolicyModule):
         self._step_started = time.perf_counter()
         rollout, metrics = self.collect_rollout(batch)
         self.prepare_logps(rollout)  # before the advantages: PPO folds the KL into its token rewards
-        self.rollout_correction.begin(rollout, single_pass=self.batching.passes == 1,
-                                      trainer_logps=lambda: self.trainer_logps(rollout))
         rollout.advantages, advantage_metrics = self.compute_advantages(rollout)
+        self.rollout_correction.begin(rollout, single_pass=self.batching.passes == 1,
+                                      trainer_logps=lambda: self.trainer_logps(rollout),
+                                      sampler_logps=(lambda: self.trainer_logps(rollout, truncated=True))
+                                      if self.sampler_truncation() else None, advantages=rollout.advantages)
         if self.objective.mask_truncated_completions:
             rollout.completion_mask = rollout.completion_mask * (~rollout.truncated).long()[:, None]
         metrics.update(advantage_metrics)
         metrics.update(self.optimise(rollout))
-        metrics.update(self.rollout_correction.finish(lambda: self.trainer_logps(rollout)))
+        metrics.update(self.rollout_correction.finish(
+            lambda: self.trainer_logps(rollout, truncated=self.sampler_truncation() is not None)))
         self.rollout_engine.sync_weights()  # a separate engine (vLLM) samples the next batch with the new weights
         self.last_rollout = rollout
         metrics.update(self.on_step_end(rollout))
@@ -241,11 +246,20 @@ class RLRecipe(PolicyModule):
         return dm.sample_rows(k)
 
     @torch.no_grad()
-    def trainer_logps(self, rollout: RolloutBatch) -> Tensor:
-        """(N, T) the policy's current log-probs of the rollout's completion tokens, in micro-batches."""
-        logps, _ = self.policy.token_logps(*logp_inputs(rollout), temperature=self.sampling.temperature,
-                                           micro_batch_size=self.batching.micro_batch_size)
-        return logps
+    def trainer_logps(self, rollout: RolloutBatch, *, truncated: bool = False) -> Tensor:
+        """(N, T) the policy's current log-probs of the rollout's completion tokens, in micro-batches; `truncated`:
+        renormalised over the sampler's top-p / top-k set (`sampler_truncation`), as vLLM's log-probs are."""
+        truncation = self.sampler_truncation() if truncated else None
+        logps, _, *sampler = self.policy.token_logps(*logp_inputs(rollout), temperature=self.sampling.temperature,
+                                                     micro_batch_size=self.batching.micro_batch_size,
+                                                     truncation=truncation)
+        return sampler[0] if sampler else logps
+
+    def sampler_truncation(self) -> tuple[float, int] | None:
+        """(top_p, top_k) when the rollout sampler truncates the distribution (so its log-probs are renormalised
+        over the kept tokens), else None."""
+        s = self.sampling
+        return (float(s.top_p), int(s.top_k or 0)) if s.top_p < 1.0 or (s.top_k or 0) > 0 else None
 
     def optimise(self, rollout: RolloutBatch) -> dict[str, float]:
         b, opt, sched = self.batching, self.optimizers(), self.lr_schedulers()

@@ -2,8 +2,10 @@
 
 `FakeLLM` keeps its own Hugging Face copy of the model loaded from `model=`, takes weights through
 `collective_rpc("reload_weights", kwargs={"weights_iterator": ...})` as vLLM >= 0.31 does, samples with HF
-`generate`, and returns `RequestOutput`-shaped objects with the sampled tokens' log-probs computed by its own
-copy. So a test sees exactly what the engine pushed: if the merge were wrong, its log-probs would not match the
+`generate` (top-p / top-k included), and returns `RequestOutput`-shaped objects with the sampled tokens'
+log-probs computed by its own copy as `logprobs_mode=processed_logprobs` gives them: after temperature and
+top-k / top-p, renormalised over the kept tokens (through transformers' own warpers, not the trainer's code).
+So a test sees exactly what the engine pushed: if the merge were wrong, its log-probs would not match the
 trainer's. Every call is recorded in `FakeLLM.calls` (sleep/wake order, prefix-cache resets, LoRA requests).
 The real engine is exercised by tests/test_vllm_real.py wherever vLLM is installed.
 """
@@ -83,7 +85,9 @@ class FakeLLM:
             greedy = p.temperature == 0.0
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens,
                                       do_sample=not greedy, temperature=None if greedy else p.temperature,
-                                      top_p=None, top_k=None, num_return_sequences=p.n, eos_token_id=eos,
+                                      top_p=None if greedy or p.top_p >= 1.0 else p.top_p,
+                                      top_k=None if greedy or not p.top_k else p.top_k,
+                                      num_return_sequences=p.n, eos_token_id=eos,
                                       pad_token_id=eos)
             completions = []
             for index, row in enumerate(out[:, ids.shape[1]:].tolist()):
@@ -92,6 +96,7 @@ class FakeLLM:
                 logits = self.model(torch.tensor([prompt["prompt_token_ids"] + row])).logits[0, ids.shape[1] - 1:-1]
                 if not greedy:
                     logits = logits / p.temperature
+                    logits = _processed(logits.float(), p)
                 logps = torch.log_softmax(logits.float(), -1)
                 logprobs = [{t: SimpleNamespace(logprob=float(logps[j, t]), rank=1)} for j, t in enumerate(row)]
                 finish = "stop" if row and row[-1] == eos else "length"
@@ -100,6 +105,17 @@ class FakeLLM:
             outputs.append(SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"],
                                            outputs=list(reversed(completions))))  # order by .index, not position
         return outputs
+
+
+def _processed(logits, p):
+    """vLLM's order after temperature: top-k, then top-p over what top-k kept (masked to -inf)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    if p.top_k:
+        logits = TopKLogitsWarper(p.top_k)(None, logits)
+    if p.top_p < 1.0:
+        logits = TopPLogitsWarper(p.top_p)(None, logits)
+    return logits
 
 
 def install(monkeypatch) -> type[FakeLLM]:

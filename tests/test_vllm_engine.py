@@ -208,3 +208,43 @@ def test_a_recipe_with_its_own_engine_refuses_vllm_by_name(tiny_model_path, monk
                  str(tiny_model_path), "--model.rollout_engine", "vllm"])
     assert code == 2
     assert "StepSearch builds its own rollout engine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--model.sampling.top_p", "0.7"],  # single pass: pi_old from the loss forward
+    ["--model.sampling.top_p", "0.9", "--model.sampling.top_k", "5", "--model.batching.num_iterations", "2",
+     "--trainer.max_steps", "4"],
+])
+def test_top_p_top_k_sampling_is_corrected_like_with_like(fit_metrics, monkeypatch, extra):
+    """vLLM's processed log-probs are renormalised over the top-k / top-p set: the trainer's pi_old for the weights
+    replays that truncation, so identical weights give no mismatch (full-vocabulary pi_old would not)."""
+    fake_vllm.install(monkeypatch)
+    _, train = fit_metrics("recipes/configs/grpo.yaml", "--model.rollout_engine", "vllm", *extra,
+                           "--model.batching.skip_zero_signal_steps", "false", "--trainer.callbacks", "null")
+    assert (train["train/rollout_correction/logp_diff/max"] < 1e-3).all()
+    assert (train["train/rollout_correction/is_weight/mean"] - 1.0).abs().max() < 1e-3
+
+
+def test_without_the_replay_top_p_would_bias_the_weights(fit_metrics, monkeypatch):
+    """The check above is sensitive: with the trainer's full-vocabulary pi_old the same run shows the mismatch."""
+    from recipes.base import RLRecipe
+
+    fake_vllm.install(monkeypatch)
+    monkeypatch.setattr(RLRecipe, "sampler_truncation", lambda self: None)
+    _, train = fit_metrics("recipes/configs/grpo.yaml", "--model.rollout_engine", "vllm", "--model.sampling.top_p",
+                           "0.7", "--model.batching.skip_zero_signal_steps", "false", "--trainer.callbacks", "null")
+    assert (train["train/rollout_correction/logp_diff/max"] > 1e-2).all()
+
+
+@pytest.mark.parametrize("correction, extra", [
+    ('{"mode": "offpolicy_mask", "offpolicy_threshold": 0.01}',  # multi-pass: the advantages reach `begin`
+     ["--model.batching.num_iterations", "2", "--trainer.max_steps", "4"]),
+    ('{"mode": "geometric_mask", "clip_min": 0.99, "clip_max": 1.01}', []),  # single pass: through `observe`
+])
+def test_offpolicy_and_geometric_masks_train_through_the_vllm_engine(fit_metrics, monkeypatch, correction, extra):
+    fake_vllm.install(monkeypatch)
+    _, train = fit_metrics("recipes/configs/grpo.yaml", "--model.rollout_engine", "vllm",
+                           "--model.rollout_correction", correction, *extra,
+                           "--model.batching.skip_zero_signal_steps", "false", "--trainer.callbacks", "null")
+    assert (train["train/rollout_correction/is_weight/mean"] == 1.0).all()  # identical weights: nothing drifted
+    assert (train["train/rollout_correction/is_corrected_frac"] == 0.0).all()

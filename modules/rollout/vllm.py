@@ -13,8 +13,9 @@ next `generate` first pushes the policy's current weights:
 Sleep mode (`enable_sleep_mode`) frees the engine's memory while the trainer runs: level 2 (discard weights,
 they are pushed again anyway) for merged sync, level 1 (offload to CPU) for adapter sync, whose base must
 survive. The sampled tokens' log-probs come back (`logprobs_mode=processed_logprobs`: after temperature, as
-the trainer computes them) as `RolloutBatch.rollout_logps`, for the truncated importance-sampling correction
-(`objectives.tis`). Prompts are rendered and tokenized exactly as `HFGenerateEngine` does, so both engines
+the trainer computes them, and with top-p / top-k renormalised over the kept tokens, which the trainer replays:
+`objectives.tis.truncated_logprobs`) as `RolloutBatch.rollout_logps`, for the truncated importance-sampling
+correction (`objectives.tis`). Prompts are rendered and tokenized exactly as `HFGenerateEngine` does, so both engines
 give the same `RolloutBatch` layout.
 
 Under DDP every rank runs its own engine on its own prompts (`distributed_executor_backend=external_launcher`,

@@ -208,3 +208,14 @@ def test_new_mode_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(SettingsError, match=message) as err:
         RolloutCorrectionSettings(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_mismatch_metrics_skip_a_token_outside_the_replayed_truncation():
+    """A sampled token the trainer's replayed top-p set excludes has pi_old = -inf (weight 0): the logged statistics
+    must stay finite (the recipe-run tests check every train/ metric is finite)."""
+    old = torch.tensor([[-1.0, float("-inf"), -0.5]])
+    mu = torch.tensor([[-1.2, -3.0, -0.5]])
+    mask = torch.ones(1, 3)
+    metrics = rollout_mismatch_metrics(old, mu, mask)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["logp_diff/max"] == pytest.approx(0.2)

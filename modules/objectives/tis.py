@@ -163,7 +163,9 @@ def rollout_mismatch_metrics(old_logps: Tensor, rollout_logps: Tensor, mask: Ten
     of weights that truncation or masking changed; with `mask_only` (0/1 rejection masks), the share zeroed) when
     `weights` are given.
     """
-    valid = mask.bool() & ~torch.isnan(rollout_logps)  # (N, T)
+    # NaN sampler log-probs (a token the engine could not score) and -inf trainer ones (a sampled token outside the
+    # trainer's replayed top-k / top-p set: its weight is 0) would make the statistics NaN or inf: skip them.
+    valid = mask.bool() & torch.isfinite(rollout_logps) & torch.isfinite(old_logps)  # (N, T)
     if not bool(valid.any()):
         return {}
     d = (old_logps - rollout_logps).float()[valid]

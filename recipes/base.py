@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,6 +179,16 @@ class RLRecipe(PolicyModule):
         if o.target_entropy is not None:
             metrics["entropy_coef"] = torch.tensor(kwargs["entropy_coef"])
         return loss, metrics
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.entropy_control is not None:  # the adaptive coefficient resumes where it was
+            checkpoint["r1_entropy_coef"] = self.entropy_control.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.entropy_control is not None and "r1_entropy_coef" in checkpoint:
+            self.entropy_control.load_state_dict(checkpoint["r1_entropy_coef"])
 
     def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
         """After the optimiser steps of a generation batch (moving references, monitors...): the step's metrics."""

@@ -76,8 +76,9 @@ class PolicyModule(L.LightningModule):
         """
         Args:
             model_name_or_path: Local directory, model alias (`smollm2-135m-instruct`, `tiny-qwen2`) or hub id.
-            rewards: Reward functions: names from the registry (`format`, `accuracy`, ...) or
-                `{name, weight, kwargs}` entries; a dotted path `pkg.module.fn` loads your own function.
+            rewards: Reward functions: names from the registry (`format`, `accuracy`, `reward_model` for a local
+                sequence-classification model, the papers' rewards, ...) or `{name, weight, kwargs, timeout,
+                on_timeout}` entries; a dotted path `pkg.module.fn` loads your own (sync or async) function.
             lora: LoRA adapter settings; null = full fine-tune.
             quantization: null, "4bit" (QLoRA, NF4 via bitsandbytes) or "8bit"; needs `lora`.
             dtype: Model weights dtype: float32, bfloat16 or float16.

@@ -365,3 +365,20 @@ def test_menu_option_trains_two_steps_through_the_cli(fit_metrics, name):
         kept = train["train/token_selection/kept_frac"]
         assert ((kept > 0) & (kept < 1)).all()  # only the high-entropy share carries the gradient
         assert train["train/entropy_coef"].tolist() == pytest.approx([0.0, 0.005])  # entropy < 10 nats: it rises
+
+
+def test_the_adaptive_entropy_coefficient_resumes_from_the_checkpoint(tiny_model_path):
+    from recipes.grpo import GRPO
+
+    def make():
+        return GRPO(str(tiny_model_path), rewards=["accuracy"], num_generations=2,
+                    objective={"entropy_coef": 0.01, "target_entropy": 0.5})
+
+    recipe = make()
+    recipe.entropy_control.value = 0.123  # moved during training
+    checkpoint = {"state_dict": recipe.state_dict()}
+    recipe.on_save_checkpoint(checkpoint)
+    fresh = make()
+    assert fresh.entropy_control.value == 0.01
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.entropy_control.value == 0.123

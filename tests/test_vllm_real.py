@@ -63,7 +63,10 @@ def test_vllm_matches_hf_generate_before_and_after_a_weight_push(peaked_model, t
         assert r["max_logp_diff"] < LOGP_TOL, (phase, r)
 
 
-STRATEGIES = {"single": [], "ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp"],
+STRATEGIES = {"single": [],
+              # vLLM's log-probs are renormalised over the top-k / top-p set: the trainer replays the truncation
+              "single_top_p": ["--model.sampling.top_p", "0.8", "--model.sampling.top_k", "20"],
+              "ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp"],
               "fsdp": ["--config", "recipes/configs/strategies/fsdp.yaml", "--trainer.devices", "2",
                        "--trainer.strategy.init_args.process_group_backend", "gloo"]}
 
@@ -75,9 +78,9 @@ def test_a_recipe_trains_two_steps_through_vllm(peaked_model, tmp_path, strategy
     still match the trainer's."""
     from conftest import FAST
 
-    if strategy != "single" and torch.cuda.device_count() == 1:
+    if strategy in ("ddp", "fsdp") and torch.cuda.device_count() == 1:
         pytest.skip("needs 2 processes: 2 GPUs, or a CPU")
-    device = [] if strategy == "single" or torch.cuda.is_available() else ["--trainer.accelerator", "cpu"]
+    device = [] if strategy.startswith("single") or torch.cuda.is_available() else ["--trainer.accelerator", "cpu"]
     cmd = [sys.executable, "-m", "recipes.cli", "fit", "--config", "recipes/configs/grpo.yaml", *FAST,
            # the unscaled model: the peaked one samples (nearly) the same text every time, so no reward variance
            "--model.model_name_or_path", str(peaked_model.parent / "base"), "--model.rollout_engine", "vllm",

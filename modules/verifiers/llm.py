@@ -139,7 +139,43 @@ def _default_device() -> str:
 
 # ---- the verifier --------------------------------------------------------------------------------
 
-class LLMVerifier(Verifier):
+class PromptedVerifier(Verifier):
+    """A verifier that fills a prompt (a preset or a template with {question}, {gold}, {answer}) per item, gets a
+    text for each from `generate`, and parses it into a verdict. `LLMVerifier` generates with a local model,
+    `RemoteVerifier` with a chat-completions server."""
+
+    def _set_prompt(self, prompt_template: str, parse: str | Callable[[str], bool] | None) -> PromptPreset | None:
+        """Set `template`, `preset` (its name, None for a custom template) and `parse`; return the preset."""
+        preset = PRESETS.get(prompt_template)
+        if preset is None and not all(f"{{{f}}}" in prompt_template for f in ("gold", "answer")):
+            raise ValueError(f"verifier.prompt={prompt_template[:60]!r} is neither a preset ({sorted(PRESETS)}) nor "
+                             "a template containing {gold} and {answer}")
+        if parse is None and preset is None:
+            raise ValueError("a custom verifier prompt template needs `parse` (verifier.parse: true_false, "
+                             "final_decision or a function text -> bool)")
+        if isinstance(parse, str):
+            if parse not in PARSERS:
+                raise ValueError(f"verifier.parse={parse!r}; use one of {sorted(PARSERS)} or a function")
+            parse = PARSERS[parse]
+        self.template = preset.template if preset else prompt_template
+        self.preset = prompt_template if preset else None
+        self.parse = parse or preset.parse
+        return preset
+
+    def prompts(self, questions: Sequence[str], golds: Sequence[str], answers: Sequence[str]) -> list[str]:
+        """The filled prompt of each item (before any chat template)."""
+        return [fill_prompt(self.template, q, g, a) for q, g, a in zip(questions, golds, answers)]
+
+    def _verify(self, questions: list[str], golds: list[str], answers: list[str]) -> list[VerifierResult]:
+        texts = self.generate(self.prompts(questions, golds, answers))
+        return [VerifierResult(bool(self.parse(t)), t) for t in texts]
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """The generated text for each prompt, in input order."""
+        raise NotImplementedError
+
+
+class LLMVerifier(PromptedVerifier):
     """A local causal LM that reads (question, gold, answer) through a prompt and writes a decision.
 
     Args:
@@ -170,17 +206,7 @@ class LLMVerifier(Verifier):
         super().__init__()
         from modules.models import resolve_model_path
 
-        preset = PRESETS.get(prompt_template)
-        if preset is None and not all(f"{{{f}}}" in prompt_template for f in ("gold", "answer")):
-            raise ValueError(f"verifier prompt_template={prompt_template[:60]!r} is neither a preset "
-                             f"({sorted(PRESETS)}) nor a template containing {{gold}} and {{answer}}")
-        if parse is None and preset is None:
-            raise ValueError("a custom verifier prompt_template needs `parse` (true_false, final_decision or a "
-                             "function text -> bool)")
-        if isinstance(parse, str):
-            if parse not in PARSERS:
-                raise ValueError(f"verifier parse={parse!r}; use one of {sorted(PARSERS)} or a function")
-            parse = PARSERS[parse]
+        preset = self._set_prompt(prompt_template, parse)
         for field, value, low in (("batch_size", batch_size, 1), ("retries", retries, 0)):
             if int(value) < low:
                 raise ValueError(f"verifier {field}={value}; it must be >= {low}")
@@ -190,9 +216,6 @@ class LLMVerifier(Verifier):
         if chat not in ("auto", "always", "never"):
             raise ValueError(f"verifier chat_template={chat!r}; use auto, always or never")
         self.model_name_or_path = resolve_model_path(str(model_name_or_path))  # a bad path fails here, not mid-run
-        self.template = preset.template if preset else prompt_template
-        self.preset = prompt_template if preset else None
-        self.parse = parse or preset.parse
         self.max_new_tokens = int(max_new_tokens or (preset.max_new_tokens if preset else 64))
         self.batch_size, self.retries, self.dtype = int(batch_size), int(retries), dtype
         self.chat_template, self.stop = chat, list(stop) if stop else None
@@ -215,14 +238,6 @@ class LLMVerifier(Verifier):
     def to(self, device) -> "LLMVerifier":  # noqa: ANN001
         self.device = str(device)
         return self
-
-    def prompts(self, questions: Sequence[str], golds: Sequence[str], answers: Sequence[str]) -> list[str]:
-        """The filled prompt of each item (before any chat template)."""
-        return [fill_prompt(self.template, q, g, a) for q, g, a in zip(questions, golds, answers)]
-
-    def _verify(self, questions: list[str], golds: list[str], answers: list[str]) -> list[VerifierResult]:
-        texts = self.generate(self.prompts(questions, golds, answers))
-        return [VerifierResult(bool(self.parse(t)), t) for t in texts]
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Greedy outputs for `prompts`, decoded in left-padded chunks of `batch_size`, in input order."""

@@ -20,8 +20,8 @@ import urllib.error
 import urllib.request
 from typing import Callable, Sequence
 
-from modules.verifiers.base import Verifier, VerifierError, VerifierResult
-from modules.verifiers.llm import PARSERS, PRESETS, fill_prompt
+from modules.verifiers.base import VerifierError
+from modules.verifiers.llm import PromptedVerifier
 
 RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -41,7 +41,7 @@ class _Retryable(Exception):
     """A failure worth another attempt."""
 
 
-class RemoteVerifier(Verifier):
+class RemoteVerifier(PromptedVerifier):
     """An LLM judge served over HTTP (OpenAI chat-completions API).
 
     Args:
@@ -74,17 +74,7 @@ class RemoteVerifier(Verifier):
                              "(e.g. http://localhost:8000/v1)")
         if not model or not isinstance(model, str):
             raise ValueError(f"verifier.model_name_or_path={model!r}; give the model name the server serves")
-        preset = PRESETS.get(prompt_template)
-        if preset is None and not all(f"{{{f}}}" in prompt_template for f in ("gold", "answer")):
-            raise ValueError(f"verifier.prompt={prompt_template[:60]!r} is neither a preset ({sorted(PRESETS)}) nor "
-                             "a template containing {gold} and {answer}")
-        if parse is None and preset is None:
-            raise ValueError("verifier.parse is needed with a custom prompt template (true_false, final_decision "
-                             "or a function text -> bool)")
-        if isinstance(parse, str):
-            if parse not in PARSERS:
-                raise ValueError(f"verifier.parse={parse!r}; use one of {sorted(PARSERS)} or a function")
-            parse = PARSERS[parse]
+        preset = self._set_prompt(prompt_template, parse)
         _check("max_tokens", max_tokens, 1, integer=True, optional=True)
         _check("concurrency", concurrency, 1, integer=True)
         _check("retries", retries, 0, integer=True)
@@ -92,9 +82,6 @@ class RemoteVerifier(Verifier):
         _check("backoff", backoff, 0)
         _check("temperature", temperature, 0)
         self.url, self.endpoint, self.model = url, chat_completions_url(url), model
-        self.template = preset.template if preset else prompt_template
-        self.preset = prompt_template if preset else None
-        self.parse = parse or preset.parse
         self.max_tokens = int(max_tokens or (preset.max_new_tokens if preset else 64))
         self.concurrency, self.timeout, self.retries = int(concurrency), float(timeout), int(retries)
         self.backoff, self.temperature = float(backoff), float(temperature)
@@ -104,14 +91,6 @@ class RemoteVerifier(Verifier):
     def __repr__(self) -> str:
         return (f"RemoteVerifier({self.endpoint!r}, model={self.model!r}, prompt={self.preset or 'custom'}, "
                 f"concurrency={self.concurrency})")
-
-    def prompts(self, questions: Sequence[str], golds: Sequence[str], answers: Sequence[str]) -> list[str]:
-        """The filled prompt of each item (sent as one user message)."""
-        return [fill_prompt(self.template, q, g, a) for q, g, a in zip(questions, golds, answers)]
-
-    def _verify(self, questions: list[str], golds: list[str], answers: list[str]) -> list[VerifierResult]:
-        texts = self.generate(self.prompts(questions, golds, answers))
-        return [VerifierResult(bool(self.parse(t)), t) for t in texts]
 
     def generate(self, prompts: list[str]) -> list[str]:
         """The server's reply to each prompt, in input order, `concurrency` requests at a time."""

@@ -166,8 +166,19 @@ def prepare_rows(
 
 # ------------------------------------------------------------------------------------------ held-out split
 def _prompt_key(row: dict) -> str:
+    """What makes two prompts the same: the text (or messages) and, for image rows, the images' pixels (one
+    instruction over two different screens is two prompts)."""
     p = row["prompt"]
-    return p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)
+    key = p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)
+    images = row.get("images")
+    if images is None:
+        return key
+    import hashlib
+
+    digest = hashlib.sha256()
+    for image in images if isinstance(images, (list, tuple)) else [images]:
+        digest.update(image.tobytes() if hasattr(image, "tobytes") else str(image).encode())
+    return f"{key}\0{digest.hexdigest()}"
 
 
 def held_out_count(val_size: int | float, num_rows: int) -> int:

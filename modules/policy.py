@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from modules.atomic import atomic_path
 from modules.models.loading import quiet_progress
+from modules.vision import (VisionSettings, VisionSpec, forward_kwargs, is_vision_config, load_processor,
+                            vision_module_names, vision_spec)
 
 
 class PolicyConfigError(ValueError):
@@ -55,9 +57,10 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def _load_base(path: str, *, dtype: torch.dtype, quantization: str | None, trust_remote_code: bool,
-               attn_implementation: str | None):
-    from transformers import AutoModelForCausalLM
+               attn_implementation: str | None, vision: bool = False):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -83,7 +86,7 @@ def _load_base(path: str, *, dtype: torch.dtype, quantization: str | None, trust
         else:
             kwargs["device_map"] = "cpu"
     with quiet_progress():  # no "Loading weights" bar per load (policy, reference copy, merge base...)
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return auto.from_pretrained(path, **kwargs)
 
 
 class Policy(nn.Module):
@@ -93,10 +96,12 @@ class Policy(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, source: str | None = None, load_kwargs: dict | None = None,
-                 reference: str = "auto") -> None:
+                 reference: str = "auto", processor=None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor  # a vision-language model's processor (images -> vision inputs), else None
+        self.vision: VisionSpec | None = None if processor is None else vision_spec(model, processor)
         self.source = source
         self._load_kwargs = load_kwargs or {}
         if reference not in ("auto", "adapter", "copy", "none"):
@@ -115,9 +120,10 @@ class Policy(nn.Module):
     def from_pretrained(cls, path: str, *, lora: LoraSettings | dict | None = None, quantization: str | None = None,
                         dtype: str | torch.dtype = "float32", gradient_checkpointing: bool = False,
                         reference: str = "auto", trust_remote_code: bool = False,
-                        attn_implementation: str | None = None) -> "Policy":
-        """Load a causal LM + tokenizer from a local path, an alias (see `modules.models`) or a hub id."""
-        from transformers import AutoTokenizer
+                        attn_implementation: str | None = None, vision: VisionSettings | None = None) -> "Policy":
+        """Load a causal LM + tokenizer, or a vision-language model + processor (any `AutoModelForImageTextToText`
+        checkpoint), from a local path, an alias (see `modules.models`) or a hub id."""
+        from transformers import AutoConfig, AutoTokenizer
 
         from modules.models.registry import resolve_model_path
 
@@ -127,12 +133,22 @@ class Policy(nn.Module):
                 f"model.quantization={quantization!r} without model.lora: quantized weights cannot be trained; "
                 "add a `lora:` block (QLoRA)")
         torch_dtype = _resolve_dtype(dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        is_vlm = is_vision_config(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        processor = None
+        if is_vlm:
+            processor = load_processor(path, settings=vision, trust_remote_code=trust_remote_code)
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = _load_base(path, dtype=torch_dtype, quantization=quantization, trust_remote_code=trust_remote_code,
-                           attn_implementation=attn_implementation)
+                           attn_implementation=attn_implementation, vision=is_vlm)
+        train_tower = bool(vision and vision.train_tower)
+        if is_vlm and not train_tower:  # the vision tower stays frozen (LoRA targets skip it below)
+            for name in vision_module_names(model):
+                model.get_submodule(name).requires_grad_(False)
         if model.generation_config is not None and model.generation_config.pad_token_id is None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         if quantization is not None:
@@ -144,13 +160,13 @@ class Policy(nn.Module):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if lora is not None:
                 model.enable_input_require_grads()
-        if model.config.use_cache is not None and gradient_checkpointing:
-            model.config.use_cache = False
+        if gradient_checkpointing and getattr(model.config.get_text_config(), "use_cache", None) is not None:
+            model.config.get_text_config().use_cache = False
         if lora is not None:
-            model = _apply_lora(model, lora)
+            model = _apply_lora(model, lora, skip=[] if train_tower or not is_vlm else vision_module_names(model))
         load_kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
-                       "attn_implementation": attn_implementation}
-        return cls(model, tokenizer, source=path, load_kwargs=load_kwargs, reference=reference)
+                       "attn_implementation": attn_implementation, "vision": is_vlm}
+        return cls(model, tokenizer, source=path, load_kwargs=load_kwargs, reference=reference, processor=processor)
 
     @property
     def is_peft(self) -> bool:
@@ -193,7 +209,8 @@ class Policy(nn.Module):
         else:
             ref = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
                              trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
-                             attn_implementation=self._load_kwargs.get("attn_implementation"))
+                             attn_implementation=self._load_kwargs.get("attn_implementation"),
+                             vision=self._load_kwargs.get("vision", False))
         ref.eval().requires_grad_(False)
         return ref.to(self.device)
 
@@ -201,7 +218,8 @@ class Policy(nn.Module):
     def token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                     completion_attention_mask: Tensor, *, temperature: float = 1.0, micro_batch_size: int | None = None,
                     with_entropy: bool = False, entropy_grad: bool = False, model: nn.Module | None = None,
-                    truncation: tuple[float, int] | None = None) -> tuple[Tensor, ...]:
+                    truncation: tuple[float, int] | None = None, vision: list[dict] | None = None
+                    ) -> tuple[Tensor, ...]:
         """Log-probs (N, T) of each completion token under `model` (default: the policy), with temperature.
 
         Only the T completion positions go through the LM head (`logits_to_keep`), one micro-batch at a time.
@@ -209,6 +227,10 @@ class Policy(nn.Module):
         metric without a graph, unless `entropy_grad` is set for an entropy bonus in the loss). With `truncation`
         = (top_p, top_k), returns (logps, entropy, truncated) where `truncated` (N, T, no graph) are the log-probs
         renormalised over each position's top-k / top-p set, as vLLM's sampler gives them (same forward).
+
+        `vision`: for a vision-language policy, each row's processed vision inputs (`RolloutBatch.vision`), collated
+        per micro-batch. Qwen-VL models then compute their own 3-D M-RoPE positions (1-D positions are off by 2e-3 in
+        log-prob, VISION-NOTES pitfall (d)); the other architectures get the same 1-D positions as text.
         """
         from modules.objectives.tis import truncated_logprobs
 
@@ -219,10 +241,17 @@ class Policy(nn.Module):
         attention = torch.cat([prompt_mask, completion_attention_mask], dim=1)  # (N, P + T)
         # Positions count real tokens only, exactly as `generate` builds them for left-padded prompts.
         position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+        if (vision is None) != (self.vision is None):
+            raise ValueError("token_logps: a vision-language policy needs the rows' vision inputs and a text policy "
+                             "takes none (RolloutBatch.vision)")
         logps, entropies, truncated = [], [], []
         for i in range(0, n, micro):
+            extra = {} if self.vision is None else forward_kwargs(self.vision, input_ids[i:i + micro],
+                                                                  vision[i:i + micro], device=input_ids.device)
+            if self.vision is None or not self.vision.mrope:
+                extra["position_ids"] = position_ids[i:i + micro]
             out = model(input_ids=input_ids[i:i + micro], attention_mask=attention[i:i + micro],
-                        position_ids=position_ids[i:i + micro], logits_to_keep=t + 1, use_cache=False)
+                        logits_to_keep=t + 1, use_cache=False, **extra)
             logits = out.logits[:, :-1, :].float()  # (n, T, V): position j predicts completion token j
             if temperature != 1.0:
                 logits = logits / temperature
@@ -243,11 +272,12 @@ class Policy(nn.Module):
     @torch.no_grad()
     def ref_token_logps(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                         completion_attention_mask: Tensor, *, temperature: float = 1.0,
-                        micro_batch_size: int | None = None) -> Tensor:
+                        micro_batch_size: int | None = None, vision: list[dict] | None = None) -> Tensor:
         """Reference log-probs (N, T), no grad."""
         with self.reference_model() as ref:
             logps, _ = self.token_logps(prompt_ids, prompt_mask, completion_ids, completion_attention_mask,
-                                        temperature=temperature, micro_batch_size=micro_batch_size, model=ref)
+                                        temperature=temperature, micro_batch_size=micro_batch_size, model=ref,
+                                        vision=vision)
         return logps
 
     # ------------------------------------------------------------------ saving
@@ -261,7 +291,7 @@ class Policy(nn.Module):
             return directory
         with atomic_path(directory, directory=True) as tmp, quiet_progress():  # never a half-written folder
             self.model.save_pretrained(tmp, state_dict=state_dict)
-            self.tokenizer.save_pretrained(tmp)
+            (self.processor or self.tokenizer).save_pretrained(tmp)
         return directory
 
     def _gathered_state_dict(self) -> dict | None:
@@ -293,11 +323,12 @@ class Policy(nn.Module):
             self.model.save_pretrained(adapter_dir, state_dict=state_dict)
             base = _load_base(self.source, dtype=self._load_kwargs.get("dtype", torch.float32), quantization=None,
                               trust_remote_code=self._load_kwargs.get("trust_remote_code", False),
-                              attn_implementation=self._load_kwargs.get("attn_implementation"))
+                              attn_implementation=self._load_kwargs.get("attn_implementation"),
+                              vision=self._load_kwargs.get("vision", False))
             merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
             with atomic_path(directory, directory=True) as tmp:
                 merged.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
+                (self.processor or self.tokenizer).save_pretrained(tmp)
         return directory
 
 
@@ -314,17 +345,38 @@ def _keep_4bit_layout(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _apply_lora(model: nn.Module, lora: LoraSettings | dict) -> nn.Module:
+def _apply_lora(model: nn.Module, lora: LoraSettings | dict, *, skip: list[str] = ()) -> nn.Module:
+    """LoRA adapters on `lora.target_modules`, except inside the modules named in `skip` (a VLM's vision tower)."""
     from peft import LoraConfig, get_peft_model
 
     settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora))
+    targets = settings.target_modules
+    if skip:
+        targets = _targets_outside(model, targets, skip)
     config = LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
-                        lora_dropout=settings.dropout, target_modules=settings.target_modules, bias=settings.bias)
+                        lora_dropout=settings.dropout, target_modules=targets, bias=settings.bias)
     try:
         return get_peft_model(model, config)
     except ValueError as err:
         raise PolicyConfigError(f"model.lora.target_modules={settings.target_modules!r}: {err}. "
                                 "Use 'all-linear' or names from model.named_modules()") from err
+
+
+def _targets_outside(model: nn.Module, targets: list[str] | str, skip: list[str]) -> list[str]:
+    """The full names of the linear layers that `targets` (names, or "all-linear") selects outside the `skip`
+    modules and the LM head: peft's name matching alone would also adapt a vision tower's `q_proj`s."""
+    wanted = None if targets == "all-linear" else ([targets] if isinstance(targets, str) else list(targets))
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if (wanted is None and leaf != "lm_head") or (wanted is not None and (leaf in wanted or name in wanted)):
+            out.append(name)
+    if not out:
+        raise PolicyConfigError(f"model.lora.target_modules={targets!r} matches no linear layer of the language "
+                                "model; use 'all-linear' or names from model.named_modules()")
+    return out
 
 
 def selective_log_softmax(logits: Tensor, index: Tensor, lse: Tensor | None = None) -> Tensor:

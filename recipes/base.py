@@ -45,6 +45,7 @@ from modules.rollout.batch import RolloutBatch, add_stats
 from modules.rollout.engine import SamplingSettings
 from modules.rollout.vllm import VLLMSettings
 from modules.settings import check_number
+from modules.vision import VisionSettings
 from recipes.policy_module import HOOKS as POLICY_HOOKS
 from recipes.policy_module import REWARD_SECONDS, PolicyModule, RecipeConfigError, recipe_settings
 
@@ -100,6 +101,7 @@ class RLRecipe(PolicyModule):
         vllm: VLLMSettings | None = None,
         accuracy_reward: str | None = "accuracy",
         optimizer: OptimizerSettings = OptimizerSettings(),
+        vision: VisionSettings | None = None,
         num_generations: int = 8,
         objective: ObjectiveSettings = ObjectiveSettings(),
         batching: BatchSettings = BatchSettings(),
@@ -126,7 +128,7 @@ class RLRecipe(PolicyModule):
         super().__init__(model_name_or_path, rewards, lora=lora, quantization=quantization, dtype=dtype,
                          gradient_checkpointing=gradient_checkpointing, reference=reference, sampling=sampling,
                          generation_batch_size=generation_batch_size, rollout_engine=rollout_engine, vllm=vllm,
-                         accuracy_reward=accuracy_reward, optimizer=optimizer)
+                         accuracy_reward=accuracy_reward, optimizer=optimizer, vision=vision)
         self.automatic_optimization = False
         self.num_generations = int(num_generations)
         self.objective, self.batching = objective, batching
@@ -145,7 +147,8 @@ class RLRecipe(PolicyModule):
             rollout.old_logps = self.trainer_logps(rollout)
         if self.objective.beta != 0.0:
             rollout.ref_logps = self.policy.ref_token_logps(*logp_inputs(rollout), temperature=self.sampling.temperature,
-                                                            micro_batch_size=self.batching.micro_batch_size)
+                                                            micro_batch_size=self.batching.micro_batch_size,
+                                                            vision=rollout.vision)
 
     def compute_advantages(self, rollout: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         """(N,) or (N, T) advantages from rollout.rewards and the group size, and the hook's metrics."""
@@ -165,8 +168,12 @@ class RLRecipe(PolicyModule):
         truncation = self.sampler_truncation() if self.rollout_correction.observing else None
         logps, entropy, *sampler = self.policy.token_logps(
             *logp_inputs(micro), temperature=self.sampling.temperature, with_entropy=True,
-            entropy_grad=o.entropy_coef != 0.0 or o.target_entropy is not None, truncation=truncation)  # (n, T)
+            entropy_grad=o.entropy_coef != 0.0 or o.target_entropy is not None, truncation=truncation,
+            vision=micro.vision)  # (n, T)
         weights = self.rollout_correction.observe(micro, sampler[0] if sampler else logps, micro.advantages)
+        if micro.sample_weights is not None:  # per-row loss weights (GUI-G1's difficulty rate) scale every token
+            rows = micro.sample_weights.to(logps.dtype)[:, None].expand_as(logps)  # (n, T)
+            weights = rows if weights is None else weights * rows
         kwargs = o.loss_kwargs()
         if o.target_entropy is not None:  # the adaptive coefficient, updated once per optimiser step
             mask = micro.completion_mask.to(entropy.dtype)
@@ -175,7 +182,7 @@ class RLRecipe(PolicyModule):
         loss, metrics = micro_batch_loss(
             logps, micro.old_logps, micro.advantages, micro.completion_mask, entropies=entropy, micro_rows=len(micro),
             mini_rows=mini_rows, mini_tokens=mini_tokens, ref_logps=micro.ref_logps,
-            max_completion_length=self.sampling.max_new_tokens, token_weights=weights, **kwargs)
+            max_completion_length=o.loss_divisor or self.sampling.max_new_tokens, token_weights=weights, **kwargs)
         if o.target_entropy is not None:
             metrics["entropy_coef"] = torch.tensor(kwargs["entropy_coef"])
         return loss, metrics
@@ -263,7 +270,7 @@ class RLRecipe(PolicyModule):
         truncation = self.sampler_truncation() if truncated else None
         logps, _, *sampler = self.policy.token_logps(*logp_inputs(rollout), temperature=self.sampling.temperature,
                                                      micro_batch_size=self.batching.micro_batch_size,
-                                                     truncation=truncation)
+                                                     truncation=truncation, vision=rollout.vision)
         return sampler[0] if sampler else logps
 
     def sampler_truncation(self) -> tuple[float, int] | None:

@@ -165,7 +165,7 @@ class NOVER(RLRecipe):
         with self.proxy.active() as proxy:
             rollout.ref_logps, _ = self.policy.token_logps(
                 *logp_inputs(rollout), temperature=self.sampling.temperature,
-                micro_batch_size=self.batching.micro_batch_size, model=proxy)
+                micro_batch_size=self.batching.micro_batch_size, model=proxy, vision=rollout.vision)
 
     def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
         """Mix the proxy every `proxy_update_every` steps; the step's perplexity and format-valid share."""

@@ -41,6 +41,7 @@ from modules.rollout.engine import RolloutEngine, SamplingSettings, split_rows
 from modules.rollout.hf import HFGenerateEngine
 from modules.rollout.vllm import VLLMEngine, VLLMSettings
 from modules.settings import SettingsError, check_choice, settings_from, signature_default
+from modules.vision import VisionSettings
 
 ROLLOUT_ENGINES = ("hf", "vllm")
 PURPOSES = ("train", "eval")
@@ -72,6 +73,7 @@ class PolicyModule(L.LightningModule):
         vllm: VLLMSettings | None = None,
         accuracy_reward: str | None = "accuracy",
         optimizer: OptimizerSettings = OptimizerSettings(),
+        vision: VisionSettings | None = None,
     ) -> None:
         """
         Args:
@@ -92,6 +94,8 @@ class PolicyModule(L.LightningModule):
                 tensor_parallel_size, ...); used when rollout_engine=vllm.
             accuracy_reward: Name of the reward function whose value 1.0 means "correct" (logged as accuracy).
             optimizer: AdamW, gradient clipping and learning-rate schedule.
+            vision: Vision-language models (any `AutoModelForImageTextToText` checkpoint; rows carry `images`):
+                train_tower, max_pixels, min_pixels. Null = the defaults; a text model takes none.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["rewards"] if _has_callables(rewards) else None)
@@ -116,8 +120,13 @@ class PolicyModule(L.LightningModule):
                                     f"{list(self.reward_set.names)}; name one of them, or null")
         # The recipe's default names a reward the config may not use: then nothing is reported as accuracy.
         self.accuracy_reward = accuracy_reward if accuracy_reward in self.reward_set.names else None
+        vision_settings = recipe_settings(type(self), VisionSettings, vision, "vision") if vision is not None else None
         self.policy = Policy.from_pretrained(model_name_or_path, lora=lora, quantization=quantization, dtype=dtype,
-                                             gradient_checkpointing=gradient_checkpointing, reference=reference)
+                                             gradient_checkpointing=gradient_checkpointing, reference=reference,
+                                             vision=vision_settings)
+        if vision is not None and self.policy.vision is None:
+            raise RecipeConfigError(f"model.vision is set but {model_name_or_path!r} is a text model (no vision "
+                                    "tower); remove model.vision or load a vision-language checkpoint")
         self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self._engine: RolloutEngine | None = None
         if rollout_engine == "vllm":

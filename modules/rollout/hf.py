@@ -11,6 +11,8 @@ from modules.sharded import gathered_for_generation
 from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompts, repeat_columns
+from modules.vision import encode_prompts as encode_vision_prompts
+from modules.vision import forward_kwargs
 
 
 class HFGenerateEngine(RolloutEngine):
@@ -26,6 +28,7 @@ class HFGenerateEngine(RolloutEngine):
         self.generation_batch_size = generation_batch_size
 
     def encode_prompts(self, prompts: list[Any], system_prompts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text prompts only; a vision-language policy's prompts go through `modules.vision.encode_prompts`."""
         tok = self.policy.tokenizer
         texts, special = render_prompts(tok, prompts, system_prompts, self.sampling.chat_template)
         enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
@@ -38,13 +41,22 @@ class HFGenerateEngine(RolloutEngine):
         if not prompts:
             raise ValueError("generate() got no prompts")
         system = columns.get("system_prompt", [None] * len(prompts))
-        prompt_ids, prompt_mask = self.encode_prompts(prompts, system)
-        device = policy.device
         g = int(num_generations)
+        vision = None
+        if policy.vision is not None:  # each prompt's images are processed once; its G rows share the result
+            encoded = encode_vision_prompts(policy.processor, prompts, columns.get("images", [None] * len(prompts)),
+                                            system)
+            prompt_ids, prompt_mask = encoded.ids, encoded.mask
+            vision = [v for v in encoded.vision for _ in range(g)]
+        else:
+            prompt_ids, prompt_mask = self.encode_prompts(prompts, system)
+        device = policy.device
         prompt_ids = prompt_ids.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
         prompt_mask = prompt_mask.repeat_interleave(g, dim=0).to(device)  # (B*G, P)
         eos_ids = _eos_ids(policy.model, tok)
         gen_kwargs = generate_kwargs(s, tok, eos_ids, greedy=greedy)
+        if policy.vision is not None:  # a sampled image placeholder would break the scoring forward
+            gen_kwargs["suppress_tokens"] = list(policy.vision.suppress_ids)
 
         model = policy.model
         was_training = model.training
@@ -55,8 +67,10 @@ class HFGenerateEngine(RolloutEngine):
         try:
             with gathered_for_generation(model):  # FSDP: gather the weights once, not per token
                 for i in range(0, prompt_ids.shape[0], chunk):
+                    extra = {} if vision is None else forward_kwargs(policy.vision, prompt_ids[i:i + chunk],
+                                                                     vision[i:i + chunk], device=device)
                     out = model.generate(input_ids=prompt_ids[i:i + chunk], attention_mask=prompt_mask[i:i + chunk],
-                                         **gen_kwargs)
+                                         **gen_kwargs, **extra)
                     outs.append(out[:, prompt_ids.shape[1]:])  # (n, T_i)
         finally:
             model.train(was_training)
@@ -78,7 +92,7 @@ class HFGenerateEngine(RolloutEngine):
             prompts=[p for p in prompts for _ in range(g)], completions=texts,
             group_ids=torch.arange(b, device=device).repeat_interleave(g),
             columns=repeat_columns(columns, g), truncated=truncated, pad_token_id=tok.pad_token_id,
-            stats={"generate_s": elapsed, "generated_tokens": float(lengths.sum())})
+            stats={"generate_s": elapsed, "generated_tokens": float(lengths.sum())}, vision=vision)
 
     def _stopped_by_string(self, completion_ids: torch.Tensor) -> torch.Tensor:
         """(N,) the length up to and including the first stop string, or 0 where none occurs."""

@@ -39,6 +39,7 @@ from modules.policy import Policy
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import RolloutEngine, SamplingSettings, render_prompts, repeat_columns
 from modules.rollout.weights import merged_named_weights
+from modules.vision import encode_prompts as encode_vision_prompts
 
 WEIGHT_SYNC_MODES = ("merged", "adapter")
 # vLLM accepts these LoRA ranks for max_lora_rank; the adapter's rank is rounded up to the next one.
@@ -69,6 +70,8 @@ class VLLMSettings:
     """Longest prompt + completion in tokens (null: the model's own limit; lower it to save KV-cache memory)."""
     max_num_seqs: int | None = None
     """Most sequences vLLM decodes at once (null: vLLM's default)."""
+    max_images_per_prompt: int = 8
+    """Vision-language policies: most images one prompt may carry (vLLM's `limit_mm_per_prompt`)."""
     enable_prefix_caching: bool = True
     """Reuse the prompt's KV cache across the G samples of a group (reset after every weight push)."""
     enforce_eager: bool = False
@@ -105,6 +108,8 @@ def validate_vllm_settings(settings: VLLMSettings, policy: Policy) -> None:
                          "false on this machine")
     if not 0.0 < settings.gpu_memory_utilization <= 1.0:
         raise ValueError(f"model.vllm.gpu_memory_utilization={settings.gpu_memory_utilization}; give a share in (0, 1]")
+    if settings.max_images_per_prompt < 1:
+        raise ValueError(f"model.vllm.max_images_per_prompt={settings.max_images_per_prompt}; it must be >= 1")
     if settings.tensor_parallel_size < 1:
         raise ValueError(f"model.vllm.tensor_parallel_size={settings.tensor_parallel_size}; it must be >= 1")
     if policy.source is None:
@@ -170,6 +175,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["max_model_len"] = s.max_model_len
         if s.max_num_seqs is not None:
             kwargs["max_num_seqs"] = s.max_num_seqs
+        if policy.vision is not None:
+            kwargs["limit_mm_per_prompt"] = {"image": s.max_images_per_prompt}
         if s.weight_sync == "adapter":
             rank_r = max(cfg.r for cfg in policy.model.peft_config.values())
             kwargs.update(enable_lora=True, max_loras=1,
@@ -234,11 +241,37 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
 
         s = self.sampling
+        extra = {}
+        if self.policy.vision is not None:  # never sample an image placeholder (VISION-NOTES pitfall (b))
+            extra["logit_bias"] = {int(t): -100.0 for t in self.policy.vision.suppress_ids}
         return SamplingParams(
             n=n, temperature=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p,
             top_k=0 if greedy or not s.top_k else s.top_k, repetition_penalty=s.repetition_penalty,
             max_tokens=s.max_new_tokens, stop=list(s.stop) if s.stop else None, include_stop_str_in_output=True,
-            logprobs=0)  # 0: just the sampled token's log-prob
+            logprobs=0, **extra)  # logprobs 0: just the sampled token's log-prob
+
+    def requests(self, prompts: list[Any], columns: dict[str, list[Any]]
+                 ) -> tuple[list[dict[str, Any]], list[list[int]], list[dict] | None]:
+        """(vLLM requests, the policy's prompt ids per prompt, per-prompt vision inputs or None).
+
+        A vision-language prompt goes to vLLM as its rendered text's ids with ONE placeholder per image plus
+        `multi_modal_data`: vLLM expands the placeholders itself, so processor-expanded ids would be expanded twice
+        (TRL #6294, OpenRLHF #1220). The training batch keeps the processor's expanded ids and vision tensors."""
+        system = columns.get("system_prompt", [None] * len(prompts))
+        if self.policy.vision is None:
+            ids = self.encode_prompts(prompts, system)
+            return [{"prompt_token_ids": x} for x in ids], ids, None
+        tok = self.policy.tokenizer
+        encoded = encode_vision_prompts(self.policy.processor, prompts, columns.get("images", [None] * len(prompts)),
+                                        system)
+        requests = []
+        for text, images in zip(encoded.texts, encoded.images):
+            request: dict[str, Any] = {"prompt_token_ids": tok(text, add_special_tokens=False)["input_ids"]}
+            if images:
+                request["multi_modal_data"] = {"image": images}
+            requests.append(request)
+        expanded = [row[mask.bool()].tolist() for row, mask in zip(encoded.ids, encoded.mask)]
+        return requests, expanded, encoded.vision
 
     @torch.no_grad()
     def generate(self, prompts: list[Any], columns: dict[str, list[Any]], *, num_generations: int,
@@ -246,10 +279,9 @@ class VLLMEngine(RolloutEngine):
         if not prompts:
             raise ValueError("generate() got no prompts")
         tok, g = self.policy.tokenizer, int(num_generations)
-        system = columns.get("system_prompt", [None] * len(prompts))
-        prompt_token_ids = self.encode_prompts(prompts, system)
+        requests, prompt_token_ids, vision = self.requests(prompts, columns)
         llm = self.llm  # built on first use
-        all_ids, own = self._gather_tensor_parallel(prompt_token_ids)
+        all_requests, own = self._gather_tensor_parallel(requests)
         sleeping = self.settings.enable_sleep_mode and self._asleep
         if sleeping and self.sleep_level == 2:
             self._stale = True  # level 2 discarded the weights: push them again
@@ -259,8 +291,7 @@ class VLLMEngine(RolloutEngine):
             llm.wake_up(tags=["kv_cache"]) if pushed else llm.wake_up()
             self._asleep = False
         started = time.perf_counter()
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in all_ids],
-                               sampling_params=self.sampling_params(g, greedy=greedy), use_tqdm=False,
+        outputs = llm.generate(all_requests, sampling_params=self.sampling_params(g, greedy=greedy), use_tqdm=False,
                                lora_request=self._lora_request)
         elapsed = time.perf_counter() - started
         if self.settings.enable_sleep_mode:
@@ -271,18 +302,20 @@ class VLLMEngine(RolloutEngine):
         batch = rollout_from_token_ids(prompt_token_ids, token_ids, logps, finished, prompts=prompts,
                                        columns=columns, num_generations=g, pad_token_id=tok.pad_token_id,
                                        tokenizer=tok, device=self.policy.device)
+        if vision is not None:
+            batch.vision = [v for v in vision for _ in range(g)]
         batch.stats = {"generate_s": elapsed, "generated_tokens": float(batch.completion_mask.sum()),
                        "weight_sync_s": push_s, "engine_start_s": self._start_s}
         self._start_s = 0.0
         return batch
 
-    def _gather_tensor_parallel(self, prompt_token_ids: list[list[int]]) -> tuple[list[list[int]], slice]:
-        """All prompts of this rank's tensor-parallel group, and the slice of outputs that belong to this rank."""
+    def _gather_tensor_parallel(self, requests: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], slice]:
+        """All requests of this rank's tensor-parallel group, and the slice of outputs that belong to this rank."""
         if self.settings.tensor_parallel_size == 1:
-            return prompt_token_ids, slice(None)
+            return requests, slice(None)
         group = self._tp_group  # made with the engine
         gathered: list[Any] = [None] * self.settings.tensor_parallel_size
-        torch.distributed.all_gather_object(gathered, prompt_token_ids, group=group)
+        torch.distributed.all_gather_object(gathered, requests, group=group)
         sizes = [len(x) for x in gathered]
         me = torch.distributed.get_rank(group=group)
         start = sum(sizes[:me])

@@ -272,6 +272,7 @@ class _PrefixPolicyView:
 
     def __init__(self, policy, prefix: Tensor) -> None:
         self.tokenizer, self.device = policy.tokenizer, policy.device
+        self.processor, self.vision = policy.processor, policy.vision  # a text policy: None, None
         self.model = _PrefixModel(policy.model, prefix)
 
 

@@ -31,6 +31,8 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "teacher_traces": "datamodules.tasks.teacher_traces.make_teacher_traces",  # Distillation: synthetic teachers
     "temporal_kg": "datamodules.tasks.temporal_kg.make_temporal_kg",  # GETER: toy temporal KG, Yes/No/Unsure
     "safety_sft": "datamodules.tasks.safety_sft.make_safety_sft",  # Safety subspaces demo: refuse/comply/arith
+    "panorama": "datamodules.tasks.panorama.make_panorama",  # 360-R1: synthetic 360° panoramas, spatial VQA
+    "gui_screens": "datamodules.tasks.gui_screens.make_gui_screens",  # GUI-G1: synthetic screens, box grounding
 }
 
 

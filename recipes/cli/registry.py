@@ -70,6 +70,12 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("safety_subspaces", "recipes.safety_subspaces.analyse",
                    "Safety Subspaces are (Linearly) Not Distinct (arXiv 2505.14185)", "safety_subspaces.yaml",
                    status="analysis (r1 subspaces)"),
+        RecipeInfo("gui_g1", "recipes.gui_g1.GUIG1",
+                   "GUI-G1: R1-Zero-like training for GUI visual grounding, box-size reward and difficulty weights "
+                   "(arXiv 2505.15810); vision-language", "gui_g1.yaml"),
+        RecipeInfo("omni_r1", "recipes.omni_r1.OmniR1",
+                   "360-R1 / OmniVQA: GRPO on 360-degree panoramas with reasoning, answer and format rewards "
+                   "(arXiv 2505.14197); vision-language, rewards our substitute", "omni_r1.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

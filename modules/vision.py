@@ -376,11 +376,69 @@ def forward_kwargs(spec: VisionSpec, input_ids: Tensor, vision: list[dict[str, T
     return kwargs
 
 
+def image_placeholder(processor) -> str:  # noqa: ANN001
+    """The text the chat template writes for one `{"type": "image"}` item (Qwen: `<|vision_start|><|image_pad|>
+    <|vision_end|>`, Idefics3 / LLaVA: `<image>`), found by rendering a turn with and without one image."""
+    def render(content: list) -> str:
+        return processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+
+    with_image = render([{"type": "image"}, {"type": "text", "text": "x"}])
+    without = render([{"type": "text", "text": "x"}])
+    start = next(i for i, (a, b) in enumerate(zip(with_image, without)) if a != b)
+    return with_image[start:len(with_image) - (len(without) - start)]
+
+
+def encode_observation(processor, text: str, images: list) -> tuple[list[int], dict[str, Tensor]]:  # noqa: ANN001
+    """(token ids, vision tensors) of an observation `text` holding one unexpanded placeholder per image: the
+    processor expands the placeholders and processes the images (no special tokens added)."""
+    out = processor(text=[text], images=images or None, return_tensors="pt", add_special_tokens=False)
+    vision = {k: v for k, v in out.items()
+              if k not in ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS) and isinstance(v, Tensor)}
+    return out["input_ids"][0].tolist(), vision
+
+
+def append_images(vision: dict[str, Tensor], more: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One row's vision inputs followed by more images of the same row (a tool's observation), in order: per-image
+    tensors are concatenated, per-row ones (Idefics3) joined along the image axis after padding to a common size."""
+    out = dict(vision)
+    for key, value in more.items():
+        if key not in out:
+            out[key] = value
+            continue
+        old = out[key]
+        if key in _ROW_BATCHED or (key == "pixel_values" and value.dim() == 5):
+            shape = [max(a, b) for a, b in zip(old.shape[2:], value.shape[2:])]
+            old, value = (torch.nn.functional.pad(t, [p for d in reversed(range(len(shape)))
+                                                      for p in (0, shape[d] - t.shape[2 + d])])
+                          for t in (old, value))
+            out[key] = torch.cat([old, value], dim=1)
+        else:
+            out[key] = torch.cat([old, value])
+    return out
+
+
+def sample_frames(frames: list, budget: int) -> list:
+    """At most `budget` frames of a clip, evenly spaced, first and last kept (a video given as a list of images).
+
+    >>> sample_frames(list(range(10)), 4)
+    [0, 3, 6, 9]
+    """
+    if budget < 1:
+        raise ValueError(f"frame budget {budget}; it must be >= 1")
+    if len(frames) <= budget:
+        return list(frames)
+    if budget == 1:
+        return [frames[0]]
+    return [frames[round(i * (len(frames) - 1) / (budget - 1))] for i in range(budget)]
+
+
 def group_shared(vision: list[dict] | None) -> int:
     """How many distinct vision dicts `vision` holds (rows of a group share one)."""
     return 0 if vision is None else len({id(v) for v in vision})
 
 
-__all__ = ["TOKEN_TYPE_KEYS", "EncodedPrompts", "VisionInputError", "VisionSettings", "VisionSpec", "chat_messages", "collate",
-           "encode_prompts", "forward_kwargs", "idefics3_image_processor", "image_processor", "is_vision_config", "load_image", "load_processor",
-           "qwen_image_processor", "row_images", "vision_module_names", "vision_spec"]
+__all__ = ["TOKEN_TYPE_KEYS", "EncodedPrompts", "VisionInputError", "VisionSettings", "VisionSpec", "append_images",
+           "chat_messages", "collate", "encode_observation", "encode_prompts", "forward_kwargs",
+           "idefics3_image_processor", "image_placeholder", "image_processor", "is_vision_config", "load_image",
+           "load_processor", "qwen_image_processor", "row_images", "sample_frames", "vision_module_names",
+           "vision_spec"]

@@ -11,6 +11,14 @@ Each row's completion is the interleaving ``policy turn, observation, policy tur
 Budgets: at most `max_turns` policy turns, at most `max_tokens_per_turn` new tokens per turn
 (default `sampling.max_new_tokens`) and at most `max_total_tokens` completion tokens (policy + observations).
 A row that hits a budget before the model ends its answer (EOS or a stop string) is `truncated`.
+
+Vision-language policies: the prompt's images are processed once per prompt; a tool may return an image or a list
+of frames, which becomes the next turn's images: the observation text holds one placeholder per image, expanded by
+the processor, its tokens are masked like any observation, and the row's `RolloutBatch.vision` grows by the new
+images in order, so every later turn and the scoring forward see every image the rollout saw. Tools receive
+`images_seen` (all images so far) in their row. An image observation that does not fit the token budget ends the
+row as truncated (an image is never cut). Each row's `tool_calls`, `tool_errors` and `last_tool_error` (its last
+call failed and no later call succeeded) are added to the reward columns.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings, repeat_columns
 from modules.rollout.hf import HFGenerateEngine, _eos_ids
 from modules.rollout.tools import Tool, ToolCallFormat, run_tool
+from modules.vision import append_images, encode_observation, forward_kwargs, image_placeholder
+from modules.vision import encode_prompts as encode_vision_prompts
 
 
 class MultiTurnToolEngine(HFGenerateEngine):
@@ -48,6 +58,7 @@ class MultiTurnToolEngine(HFGenerateEngine):
         self.max_total_tokens = int(max_total_tokens or self.max_turns * self.max_tokens_per_turn)
         self.max_observation_tokens = int(max_observation_tokens)
         self.stop = list(dict.fromkeys([*self.call_format.stop_strings(list(self.tools)), *(self.sampling.stop or [])]))
+        self._placeholder: str | None = None
 
     @torch.no_grad()
     def generate(self, prompts: list[Any], columns: dict[str, list[Any]], *, num_generations: int,
@@ -57,12 +68,24 @@ class MultiTurnToolEngine(HFGenerateEngine):
             raise ValueError("generate() got no prompts")
         g, b = int(num_generations), len(prompts)
         started = time.perf_counter()
-        prompt_ids, prompt_mask = self.encode_prompts(prompts, columns.get("system_prompt", [None] * b))
+        system = columns.get("system_prompt", [None] * b)
+        vision: list[dict] | None = None
+        if policy.vision is not None:  # one processor pass per prompt; a row's dict grows with its tool images
+            encoded = encode_vision_prompts(policy.processor, prompts, columns.get("images", [None] * b), system)
+            prompt_ids, prompt_mask = encoded.ids, encoded.mask
+            vision = [encoded.vision[i // g] for i in range(b * g)]
+            seen = [list(encoded.images[i // g]) for i in range(b * g)]
+        else:
+            prompt_ids, prompt_mask = self.encode_prompts(prompts, system)
         prompt_ids = prompt_ids.repeat_interleave(g, dim=0)  # (N, P)
         prompt_mask = prompt_mask.repeat_interleave(g, dim=0)  # (N, P)
         n = prompt_ids.shape[0]
         row_columns = repeat_columns(columns, g)
         rows = [{**{k: v[i] for k, v in row_columns.items()}, "prompt": prompts[i // g]} for i in range(n)]
+        if vision is not None:
+            for i in range(n):
+                rows[i]["images_seen"] = seen[i]  # the tools' view: grows with every image observation
+        row_calls, row_errors, last_error = [0] * n, [0] * n, [False] * n
         prompt_tokens = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
         eos_ids = _eos_ids(policy.model, tok)
 
@@ -70,7 +93,7 @@ class MultiTurnToolEngine(HFGenerateEngine):
         trained: list[list[int]] = [[] for _ in range(n)]
         spans: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         done, truncated = [False] * n, [False] * n
-        calls = errors = 0
+        calls = errors = images_shown = 0
         tool_seconds = 0.0
         policy_tokens = 0
         for turn in range(self.max_turns):
@@ -78,7 +101,8 @@ class MultiTurnToolEngine(HFGenerateEngine):
             if not active:
                 break
             budget = {i: min(self.max_tokens_per_turn, self.max_total_tokens - len(tokens[i])) for i in active}
-            new = self._generate_turn([prompt_tokens[i] + tokens[i] for i in active], max(budget.values()), greedy)
+            new = self._generate_turn([prompt_tokens[i] + tokens[i] for i in active], max(budget.values()), greedy,
+                                      vision=None if vision is None else [vision[i] for i in active])
             for i, ids in zip(active, new):
                 cut, ended = self._cut(ids, eos_ids)
                 if cut > budget[i]:
@@ -98,15 +122,26 @@ class MultiTurnToolEngine(HFGenerateEngine):
                     done[i], truncated[i] = True, True  # a call the turn budget leaves no room to answer
                     continue
                 t0 = time.perf_counter()
-                result, ok = run_tool(call, self.tools, rows[i])
+                result, ok = run_tool(call, self.tools, rows[i], images=vision is not None)
                 tool_seconds += time.perf_counter() - t0
                 calls, errors = calls + 1, errors + (not ok)
-                obs = tok(self.call_format.render(result), add_special_tokens=False)["input_ids"]
-                obs = obs[:self.max_observation_tokens]
+                row_calls[i], row_errors[i], last_error[i] = row_calls[i] + 1, row_errors[i] + (not ok), not ok
                 room = self.max_total_tokens - len(tokens[i])
-                if len(obs) >= room:
-                    obs = obs[:room]
-                    done[i], truncated[i] = True, True
+                if isinstance(result, list):  # images: expanded by the processor, never cut
+                    text = self.call_format.render(self.placeholder * len(result))
+                    obs, more = encode_observation(policy.processor, text, result)
+                    if len(obs) >= room:
+                        done[i], truncated[i] = True, True
+                        continue
+                    vision[i] = append_images(vision[i], more)
+                    rows[i]["images_seen"] = rows[i]["images_seen"] + result
+                    images_shown += len(result)
+                else:
+                    obs = tok(self.call_format.render(result), add_special_tokens=False)["input_ids"]
+                    obs = obs[:self.max_observation_tokens]
+                    if len(obs) >= room:
+                        obs = obs[:room]
+                        done[i], truncated[i] = True, True
                 tokens[i] += obs
                 trained[i] += [0] * len(obs)
 
@@ -125,16 +160,29 @@ class MultiTurnToolEngine(HFGenerateEngine):
         stats = {"generate_s": time.perf_counter() - started - tool_seconds, "generated_tokens": float(policy_tokens),
                  "tool_calls": float(calls), "tool_errors": float(errors), "tool_s": tool_seconds,
                  "turns": float(sum(len(s) for s in spans))}
+        if vision is not None:
+            stats["tool_images"] = float(images_shown)
+        row_columns = {**row_columns, "tool_calls": row_calls, "tool_errors": row_errors,
+                       "last_tool_error": last_error}
         return RolloutBatch(
             prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
             completion_ids=completion_ids.to(device), completion_mask=completion_mask.to(device),
             completion_attention_mask=attention.to(device), prompts=[p for p in prompts for _ in range(g)],
             completions=texts, group_ids=torch.arange(b, device=device).repeat_interleave(g), columns=row_columns,
             truncated=torch.tensor(truncated, device=device), pad_token_id=pad, turn_spans=spans,
-            stats=stats)
+            stats=stats, vision=vision)
 
-    def _generate_turn(self, contexts: list[list[int]], max_new_tokens: int, greedy: bool) -> list[list[int]]:
-        """New token ids for each context (left-padded batch), stopping at EOS or a call's closing tag."""
+    @property
+    def placeholder(self) -> str:
+        """The chat template's text for one image (what an image observation holds per image)."""
+        if self._placeholder is None:
+            self._placeholder = image_placeholder(self.policy.processor)
+        return self._placeholder
+
+    def _generate_turn(self, contexts: list[list[int]], max_new_tokens: int, greedy: bool,
+                       vision: list[dict] | None = None) -> list[list[int]]:
+        """New token ids for each context (left-padded batch), stopping at EOS or a call's closing tag; `vision`:
+        each context's images (a vision-language policy)."""
         tok, s, model = self.policy.tokenizer, self.sampling, self.policy.model
         width = max(len(c) for c in contexts)
         ids = torch.full((len(contexts), width), tok.pad_token_id, dtype=torch.long)  # (n, W) left-padded
@@ -149,6 +197,8 @@ class MultiTurnToolEngine(HFGenerateEngine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+        if vision is not None:
+            kwargs["suppress_tokens"] = list(self.policy.vision.suppress_ids)
         was_training = model.training
         model.eval()
         try:
@@ -156,8 +206,10 @@ class MultiTurnToolEngine(HFGenerateEngine):
             out: list[list[int]] = []
             for k in range(0, len(contexts), chunk):
                 dev = self.policy.device
+                extra = {} if vision is None else forward_kwargs(self.policy.vision, ids[k:k + chunk],
+                                                                 vision[k:k + chunk], device=dev)
                 gen = model.generate(input_ids=ids[k:k + chunk].to(dev), attention_mask=mask[k:k + chunk].to(dev),
-                                     **kwargs)
+                                     **kwargs, **extra)
                 out += gen[:, width:].tolist()
         finally:
             model.train(was_training)

@@ -1,8 +1,10 @@
 """Tools a policy can call during a rollout, and how calls are written in its text.
 
-A tool is any callable ``tool(arguments: str, row: dict) -> str``: `arguments` is what the model wrote inside
-the call, `row` the dataset row of the prompt (a retriever reads its corpus id from it, a calculator ignores
-it). The string it returns becomes the observation the policy reads next turn.
+A tool is any callable ``tool(arguments: str, row: dict) -> str | image | list[image]``: `arguments` is what the
+model wrote inside the call, `row` the dataset row of the prompt (a retriever reads its corpus id from it, a
+calculator ignores it; a vision-language rollout adds `images_seen`, every image so far in order). What it returns
+becomes the observation the policy reads next turn: text, or (vision-language policies) a PIL image or a list of
+frames, which the engine shows as the next turn's images.
 
 Two call formats:
 
@@ -10,6 +12,8 @@ Two call formats:
   ``search``; the observation is appended as ``<information>...</information>``.
 - ``json`` (Qwen / Hermes function calling): ``<tool_call>{"name": "search", "arguments": "..."}</tool_call>``;
   the observation is appended as ``<tool_response>...</tool_response>``.
+- ``chat``: the same calls, and the observation as the chat template's own tool turn (ChatML, as Qwen2.5's template
+  renders `role: tool`): the assistant turn is closed, a ``<tool_response>`` turn follows, a new assistant turn opens.
 
 A malformed call (unknown tool, bad JSON, empty arguments) or a tool that raises gives an error observation
 the policy can read and react to; it never ends the rollout with an exception.
@@ -22,9 +26,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-Tool = Callable[[str, dict], str]
+Tool = Callable[[str, dict], Any]  # -> str, a PIL image or a list of PIL images
 
-FORMATS = ("tags", "json")
+FORMATS = ("tags", "json", "chat")
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ class ToolCallFormat:
         if self.style not in FORMATS:
             raise ValueError(f"tool call format {self.style!r}; use one of {FORMATS}")
         if self.observation is None:
-            self.observation = ("\n<information>{result}</information>\n" if self.style == "tags"
-                                else "\n<tool_response>\n{result}\n</tool_response>\n")
+            self.observation = {"tags": "\n<information>{result}</information>\n",
+                                "json": "\n<tool_response>\n{result}\n</tool_response>\n",
+                                "chat": "<|im_end|>\n<|im_start|>user\n<tool_response>\n{result}\n</tool_response>"
+                                        "<|im_end|>\n<|im_start|>assistant\n"}[self.style]
         if "{result}" not in self.observation:
             raise ValueError(f"observation template {self.observation!r} must contain {{result}}")
 
@@ -95,8 +101,10 @@ class ToolCallFormat:
         return self.observation.format(result=result)
 
 
-def run_tool(call: ToolCall, tools: dict[str, Tool], row: dict[str, Any]) -> tuple[str, bool]:
-    """(observation text, ok). Errors, unknown tools and tool exceptions become readable error observations."""
+def run_tool(call: ToolCall, tools: dict[str, Tool], row: dict[str, Any], *, images: bool = False
+             ) -> tuple[str | list, bool]:
+    """(observation, ok): text, or with `images` (a vision-language rollout) a list of PIL images when the tool
+    returned an image or frames. Errors, unknown tools and tool exceptions become readable error observations."""
     if call.error is not None:
         return f"Error: {call.error}.", False
     tool = tools.get(call.name)
@@ -106,9 +114,21 @@ def run_tool(call: ToolCall, tools: dict[str, Tool], row: dict[str, Any]) -> tup
         result = tool(call.arguments, row)
     except Exception as err:  # noqa: BLE001 - a failing tool is an observation, not a crashed rollout
         return f"Error: tool {call.name!r} raised {type(err).__name__}: {err}", False
+    if images and _is_images(result):
+        out = list(result) if isinstance(result, (list, tuple)) else [result]
+        return (out, True) if out else (f"Error: tool {call.name!r} returned no image.", False)
     if not isinstance(result, str):
-        return f"Error: tool {call.name!r} returned {type(result).__name__}, not text.", False
+        what = "text or images" if images else "text (image results need a vision-language policy)"
+        return f"Error: tool {call.name!r} returned {type(result).__name__}, not {what}.", False
     return result, True
+
+
+def _is_images(value: Any) -> bool:
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(v, Image.Image) for v in value)
 
 
 _SPACES = re.compile(r"\s+")

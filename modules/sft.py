@@ -65,6 +65,14 @@ def sft_example(tokenizer, prompt: str | list[dict], response: str, *, system_pr
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length={max_length} must be >= 1 (or None)")
     prompt_ids = prompt_token_ids(tokenizer, prompt, system_prompt=system_prompt, chat_template=chat_template)
+    return sft_example_from_ids(tokenizer, prompt_ids, response, max_length=max_length)
+
+
+def sft_example_from_ids(tokenizer, prompt_ids: list[int], response: str, *, max_length: int | None = None
+                         ) -> dict[str, Any]:
+    """`sft_example` for a prompt already tokenised (a vision-language prompt, expanded by its processor)."""
+    if not isinstance(response, str):
+        raise ValueError(f"an SFT response must be text, got {type(response).__name__}: {response!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token_id; SFT needs it to teach the model where to stop")
@@ -152,4 +160,4 @@ def response_nll(policy, examples: list[dict[str, Any]], *, micro_batch_size: in
 
 
 __all__ = ["IGNORE_INDEX", "collate_sft", "prompt_token_ids", "response_nll",
-           "sft_example", "sft_loss"]
+           "sft_example", "sft_example_from_ids", "sft_loss"]

@@ -34,7 +34,9 @@ from modules.policy import LoraSettings
 from modules.rewards import RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
-from modules.sft import collate_sft, sft_example, sft_loss
+from modules.sft import collate_sft, sft_example, sft_example_from_ids, sft_loss
+from modules.vision import encode_prompts as encode_vision_prompts
+from modules.vision import VisionSettings, forward_kwargs
 from recipes.policy_module import HOOKS as POLICY_HOOKS
 from recipes.policy_module import PolicyModule, RecipeConfigError
 
@@ -59,6 +61,7 @@ class SFT(PolicyModule):
         optimizer: OptimizerSettings = OptimizerSettings(adam_betas=(0.9, 0.999)),
         max_length: int | None = None,
         system_prompt: str | None = None,
+        vision: VisionSettings | None = None,
     ) -> None:
         """
         Args:
@@ -77,7 +80,7 @@ class SFT(PolicyModule):
         super().__init__(model_name_or_path, ["accuracy"] if rewards is None else rewards, lora=lora,
                          quantization=quantization, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                          reference="none", sampling=sampling, generation_batch_size=generation_batch_size,
-                         accuracy_reward=accuracy_reward, optimizer=optimizer)
+                         accuracy_reward=accuracy_reward, optimizer=optimizer, vision=vision)
         self.max_length, self.system_prompt = max_length, system_prompt
         self.stage_outputs: dict[str, Any] = {}  # JSON-able results a pipeline stage records (recipes.cli.stages)
         self._step = {"tokens": 0.0, "started": 0.0, "grad_norm": None}  # this module's own per-batch bookkeeping
@@ -93,21 +96,41 @@ class SFT(PolicyModule):
         return self.system_prompt if value is None else value
 
     def encode(self, rows: list[dict]) -> dict[str, Tensor]:
-        """Tokenise rows `{prompt, response, ...}` into a right-padded batch on the model's device."""
+        """Tokenise rows `{prompt, response, ...}` into a right-padded batch on the model's device; a vision-language
+        policy's rows may carry `images` (processed once each; the batch's `vision` holds them)."""
         tok = self.policy.tokenizer
-        examples = []
         for i, row in enumerate(rows):
             if "response" not in row:
                 raise RecipeConfigError(f"SFT row {i} has no 'response' (columns: {sorted(row)}); use "
                                         "datamodules.sft.SFTDataModule and set --data.response_column")
-            examples.append(sft_example(tok, row["prompt"], row["response"], system_prompt=self.system_prompt_for(row),
-                                        chat_template=self.sampling.chat_template, max_length=self.max_length))
-        batch = collate_sft(examples, tok.pad_token_id)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        if self.policy.vision is None:
+            examples = [sft_example(tok, row["prompt"], row["response"], system_prompt=self.system_prompt_for(row),
+                                    chat_template=self.sampling.chat_template, max_length=self.max_length)
+                        for row in rows]
+            vision = None
+        else:
+            encoded = encode_vision_prompts(self.policy.processor, [r["prompt"] for r in rows],
+                                            [r.get("images") for r in rows], [self.system_prompt_for(r) for r in rows])
+            examples = []
+            for i, (ids, mask, row) in enumerate(zip(encoded.ids, encoded.mask, rows)):
+                prompt_ids = ids[mask.bool()].tolist()
+                if self.max_length is not None and len(prompt_ids) >= self.max_length:
+                    raise RecipeConfigError(f"SFT row {i}: its prompt is {len(prompt_ids)} tokens with the image "
+                                            f"tokens, model.max_length={self.max_length} would cut an image; raise "
+                                            "max_length or lower model.vision.max_pixels")
+                examples.append(sft_example_from_ids(tok, prompt_ids, row["response"], max_length=self.max_length))
+            vision = encoded.vision
+        batch = {k: v.to(self.device) for k, v in collate_sft(examples, tok.pad_token_id).items()}
+        if vision is not None:
+            batch["vision"] = vision
+        return batch
 
     def forward_loss(self, batch: dict[str, Tensor], *, reduction: str = "mean") -> tuple[Tensor, int, dict[str, float]]:
         """(loss, labelled tokens, metrics logged under train/ when training) of an `encode`d batch."""
-        out = self.policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        extra = {} if "vision" not in batch else forward_kwargs(self.policy.vision, batch["input_ids"],
+                                                                batch["vision"], device=self.device)
+        out = self.policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                                **extra)
         loss, tokens = sft_loss(out.logits, batch["labels"], reduction=reduction)
         return loss, tokens, {}
 

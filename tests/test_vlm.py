@@ -267,3 +267,28 @@ def test_text_only_rows_mix_with_image_rows(vlm):
         one, _ = policy.token_logps(*args, vision=batch.vision, micro_batch_size=1)  # text-only micro-batches too
     mask = batch.completion_mask.bool()
     torch.testing.assert_close(one[mask], full[mask], atol=1e-5, rtol=0)
+
+
+def test_sft_on_images_matches_the_rl_scoring_forward(vlm):
+    """The SFT loss of image rows (right-padded, one forward) equals the response NLL that the RL side's scoring
+    forward (left-padded prompts, `token_logps`) gives: both see the same images at the same positions."""
+    from recipes.sft import SFT
+
+    _, path = vlm
+    sft = SFT(path)
+    rows = [{"prompt": "Click OK.", "images": [_image("red")], "response": "[12, 34, 56, 78]"},
+            {"prompt": "Colour?", "images": [_image("blue"), _image("green", (112, 112))], "response": "blue"}]
+    batch = sft.encode(rows)
+    assert len(batch["vision"]) == 2
+    with torch.no_grad():
+        loss, tokens, _ = sft.forward_loss(batch, reduction="sum")
+        enc = encode_prompts(sft.policy.processor, [r["prompt"] for r in rows], [r["images"] for r in rows],
+                             [None, None])
+        responses = [sft.policy.tokenizer(r["response"], add_special_tokens=False)["input_ids"]
+                     + [sft.policy.tokenizer.eos_token_id] for r in rows]
+        width = max(map(len, responses))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in responses])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])
+        logps, _ = sft.policy.token_logps(enc.ids, enc.mask, ids, mask, vision=enc.vision)
+    assert tokens == int(mask.sum())
+    torch.testing.assert_close(loss, -(logps * mask).sum(), atol=1e-4, rtol=1e-5)

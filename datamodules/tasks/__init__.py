@@ -33,6 +33,9 @@ TASKS: dict[str, Callable[..., list[dict]] | str] = {
     "safety_sft": "datamodules.tasks.safety_sft.make_safety_sft",  # Safety subspaces demo: refuse/comply/arith
     "panorama": "datamodules.tasks.panorama.make_panorama",  # 360-R1: synthetic 360° panoramas, spatial VQA
     "gui_screens": "datamodules.tasks.gui_screens.make_gui_screens",  # GUI-G1: synthetic screens, box grounding
+    "pixel_search": "datamodules.tasks.pixel_search.make_pixel_search",  # Pixel Reasoner: tiny glyphs to zoom / frames
+    "pixel_traces": "datamodules.tasks.pixel_search.make_pixel_traces",  # Pixel Reasoner warm start: tool-use SFT
+    "fake_clips": "datamodules.tasks.fake_clips.make_fake_clips",  # AvatarShield: moving-shape clips, real / fake
 }
 
 

@@ -76,6 +76,10 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("omni_r1", "recipes.omni_r1.OmniR1",
                    "360-R1 / OmniVQA: GRPO on 360-degree panoramas with reasoning, answer and format rewards "
                    "(arXiv 2505.14197); vision-language, rewards our substitute", "omni_r1.yaml"),
+        RecipeInfo("pixel_reasoner", "recipes.pixel_reasoner.PixelReasoner",
+                   "Pixel Reasoner: curiosity-driven RL for pixel-space reasoning with zoom / frame-selection tools "
+                   "(arXiv 2505.15966); vision-language, multi-turn; warm start + GRPO: r1 run --config "
+                   "recipes/pipelines/pixel_reasoner.yaml", "pixel_reasoner.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

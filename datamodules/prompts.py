@@ -166,18 +166,19 @@ def prepare_rows(
 
 # ------------------------------------------------------------------------------------------ held-out split
 def _prompt_key(row: dict) -> str:
-    """What makes two prompts the same: the text (or messages) and, for image rows, the images' pixels (one
-    instruction over two different screens is two prompts)."""
+    """What makes two prompts the same: the text (or messages) and, for image or video rows, the pixels of their
+    `images` / `frames` (one instruction over two different screens is two prompts)."""
     p = row["prompt"]
     key = p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)
-    images = row.get("images")
-    if images is None:
+    visuals = [v for name in ("images", "frames") if (v := row.get(name)) is not None]
+    if not visuals:
         return key
     import hashlib
 
     digest = hashlib.sha256()
-    for image in images if isinstance(images, (list, tuple)) else [images]:
-        digest.update(image.tobytes() if hasattr(image, "tobytes") else str(image).encode())
+    for value in visuals:
+        for image in value if isinstance(value, (list, tuple)) else [value]:
+            digest.update(image.tobytes() if hasattr(image, "tobytes") else str(image).encode())
     return f"{key}\0{digest.hexdigest()}"
 
 

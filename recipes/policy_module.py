@@ -237,7 +237,10 @@ class PolicyModule(L.LightningModule):
                 meters["pass"].update((correct > 0.5).any(dim=1).float())
         out = {"eval/reward": float(meters["reward"].compute()),
                "eval/completion_length": float(meters["completion_length"].compute())}
-        out.update({f"eval/rewards/{name}/mean": float(m.compute()) for name, m in per_func.items()})
+        means = {name: float(m.compute()) for name, m in per_func.items()}
+        # a reward that scores no held-out row (None everywhere: AvatarShield's temporal reward without shuffled
+        # copies) has no mean: it is left out rather than logged as NaN
+        out.update({f"eval/rewards/{name}/mean": v for name, v in means.items() if v == v})
         if self.accuracy_reward is not None:
             out["eval/accuracy"] = float(meters["accuracy"].compute())
             if k > 1:

@@ -80,6 +80,9 @@ RECIPES: dict[str, RecipeInfo] = {
                    "Pixel Reasoner: curiosity-driven RL for pixel-space reasoning with zoom / frame-selection tools "
                    "(arXiv 2505.15966); vision-language, multi-turn; warm start + GRPO: r1 run --config "
                    "recipes/pipelines/pixel_reasoner.yaml", "pixel_reasoner.yaml"),
+        RecipeInfo("avatarshield", "recipes.avatarshield.AvatarShield",
+                   "AvatarShield: GRPO real/fake human-centric video detection with a temporal compensation reward "
+                   "(arXiv 2505.15173); vision-language video, temporal reward [unverified]", "avatarshield.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

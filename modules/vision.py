@@ -148,23 +148,32 @@ def load_processor(path: str, *, settings: VisionSettings | None = None, trust_r
         except Exception as err:  # noqa: BLE001 - report the first failure, which names the real cause
             raise VisionInputError(f"cannot load an image processor from {path!r}: {error or err}") from err
     if settings is not None:
-        ip = processor.image_processor
         for name in ("max_pixels", "min_pixels"):
-            value = getattr(settings, name)
-            if value is None:
-                continue
-            if not hasattr(ip, name):
-                raise SettingsError(f"model.vision.{name}={value}: the {type(ip).__name__} of this model has no "
-                                    f"{name}; leave it null")
-            setattr(ip, name, int(value))
-            size = dict(getattr(ip, "size", None) or {})
-            size["longest_edge" if name == "max_pixels" else "shortest_edge"] = int(value)
-            ip.size = size
+            if getattr(settings, name) is not None:
+                set_pixel_bound(processor.image_processor, name, int(getattr(settings, name)))
     tok = processor.tokenizer
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return processor
+
+
+def set_pixel_bound(ip, name: str, value: int) -> None:  # noqa: ANN001
+    """Set a Qwen-VL image processor's `max_pixels` / `min_pixels` (the image area after resizing). transformers 5
+    keeps them in `size` as longest_edge / shortest_edge (areas, not sides); older versions as attributes."""
+    if not hasattr(ip, "temporal_patch_size"):  # not the Qwen-VL family: its `size` edges are sides, not areas
+        raise SettingsError(f"model.vision.{name}={value}: the {type(ip).__name__} of this model has no pixel-area "
+                            f"bound; leave it null (it applies to Qwen-VL image processors)")
+    if hasattr(ip, name):
+        setattr(ip, name, value)
+    edge = "longest_edge" if name == "max_pixels" else "shortest_edge"
+    size = ip.size
+    if isinstance(size, dict):
+        ip.size = {**size, edge: value}
+    else:  # transformers' SizeDict (a dataclass)
+        import dataclasses
+
+        ip.size = dataclasses.replace(size, **{edge: value})
 
 
 def vision_spec(model, processor) -> VisionSpec:  # noqa: ANN001

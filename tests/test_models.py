@@ -173,7 +173,7 @@ def test_resolve_tiny_alias_builds_into_the_cache_dir(tmp_path, monkeypatch):
     assert path == str(tmp_path / "tiny-qwen2")
     assert AutoModelForCausalLM.from_pretrained(path).config.num_hidden_layers == 2
     assert set(list_aliases()) == {"tiny-qwen2", "smollm2-135m-instruct", "tiny-qwen2-vl", "tiny-qwen2.5-vl",
-                                   "tiny-idefics3", "smolvlm2-135m-untrained"}
+                                   "tiny-idefics3", "tiny-llava", "smolvlm2-135m-untrained"}
 
 
 def test_resolve_missing_path_names_the_path_and_the_aliases(tmp_path):

@@ -148,11 +148,26 @@ def test_two_step_fit_of_each_image_recipe_on_each_architecture(fit_metrics, vlm
     assert metrics.filter(regex="^eval/").notna().any().any()  # the held-out callback ran the recipe's metrics
 
 
-def test_r1_list_shows_both_image_papers_as_implemented(capsys):
+def test_r1_list_shows_the_four_image_papers_as_implemented(capsys):
     from recipes.cli import main
     from recipes.cli.registry import RECIPES
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out.replace("\n", " ")
-    assert "2505.15810" in out and "2505.14197" in out
-    assert RECIPES["gui_g1"].status == RECIPES["omni_r1"].status == "implemented"
+    for paper in ("2505.15810", "2505.14197", "2505.15966", "2505.15173"):  # GUI-G1, 360-R1, Pixel Reasoner, AvatarShield
+        assert paper in out
+    assert {RECIPES[name].status for name in ("gui_g1", "omni_r1", "pixel_reasoner", "avatarshield")} == {"implemented"}
+
+
+@pytest.mark.parametrize("config,images", [("scale/gui_g1-qwen2.5-vl-3b-lora.yaml", "{width: 224, height: 168}"),
+                                           ("scale/gui_g1-qwen2.5-vl-3b-qlora-24gb.yaml", "{width: 224, height: 168}"),
+                                           ("scale/omni_r1-qwen2.5-vl-3b-lora.yaml", "{width: 448, height: 224}")])
+def test_gpu_configs_run_two_steps_on_a_tiny_stand_in(fit_metrics, vlm_paths, config, images):
+    """The configs a user runs on a GPU (Qwen2.5-VL-3B, LoRA / QLoRA, gradient checkpointing, max_pixels), on CPU
+    with the tiny Qwen2-VL in the model's place and small images: every setting they hold is accepted and used."""
+    if "qlora" in config:
+        pytest.importorskip("bitsandbytes")
+    metrics, train = fit_metrics(f"recipes/configs/{config}", "--model.model_name_or_path", vlm_paths["qwen2_vl"],
+                                 "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.dtype",
+                                 "float32", "--data.task_kwargs", images, "--model.sampling.max_new_tokens", "8")
+    assert (train["train/skipped_backward"] == 1).all() or train["train/grad_norm"].notna().all()

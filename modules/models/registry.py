@@ -80,6 +80,7 @@ _ALIASES: dict[str, tuple[Callable[[], str], str]] = {
                         "runs"),
     "smolvlm2-135m-untrained": (lambda: str(_build_smolvlm()), "the packaged SmolLM2-135M-Instruct inside SmolVLM's "
                                 "Idefics3 architecture with a random, untrained vision tower (~30 s once, 560 MB)"),
+    "tiny-llava": (_tiny_vlm("llava"), "random 2-layer LLaVA (CLIP tower + Llama) for VLM smoke runs"),
     "tiny-idefics3": (_tiny_vlm("idefics3"), "random 2-layer Idefics3 (SmolVLM's architecture, 1-D RoPE) for VLM "
                       "smoke runs"),
 }

@@ -1,4 +1,4 @@
-"""Tiny random vision-language models (Qwen2-VL, Qwen2.5-VL, Idefics3) with a locally trained tokenizer and a real
+"""Tiny random vision-language models (Qwen2-VL, Qwen2.5-VL, Idefics3, LLaVA) with a locally trained tokenizer and a real
 processor, for tests and smoke runs: saved and reloaded through `AutoModelForImageTextToText` and
 `modules.vision.load_processor`, the path a real checkpoint takes.
 
@@ -8,6 +8,7 @@ Three architectures, because they differ where the core must get things right (V
   image-only subclass (`modules.vision.ImageOnlyQwen2VLProcessor`) is saved.
 - **Idefics3** (SmolVLM's architecture): per-row `pixel_values` (B, images, 3, H, W) + `pixel_attention_mask`,
   ordinary 1-D RoPE, a pixel-shuffle connector; loads with `AutoProcessor` as is.
+- **LLaVA** (a CLIP tower + Llama): stacked images (images, 3, H, W), a projector, 1-D RoPE.
 
 Token conventions follow the text `tiny-qwen2`: ChatML, `<|im_end|>` is eos and pad, the reasoning tags are single
 tokens. Images are small (Qwen: at most 64 merged tokens; Idefics3: 16 tokens of a 64x64 tower input) so a CPU test
@@ -27,10 +28,11 @@ from modules.models.loading import quiet_progress
 from modules.models.tiny import EOS, STAMP_NAME, build_tokenizer
 
 _FORMAT = 2  # bump when a build below changes, so cached builds are redone
-ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "idefics3")
+ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl", "idefics3", "llava")
 
 QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 IDEFICS3_VISION_TOKENS = ("<fake_token_around_image>", "<image>", "<global-img>")
+LLAVA_VISION_TOKENS = ("<image>",)
 
 # One placeholder per `{"type": "image"}` item (the processor expands it); `content` may be a string or a list.
 _TEMPLATE = (
@@ -42,7 +44,7 @@ _TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 QWEN_TEMPLATE = _TEMPLATE.replace("__IMAGE__", "<|vision_start|><|image_pad|><|vision_end|>")
-IDEFICS3_TEMPLATE = _TEMPLATE.replace("__IMAGE__", "<image>")
+IDEFICS3_TEMPLATE = LLAVA_TEMPLATE = _TEMPLATE.replace("__IMAGE__", "<image>")
 
 _VISION_CORPUS = [
     "Grounding instruction is: click the UI element OK. Report the bbox coordinates in JSON format.",
@@ -88,8 +90,10 @@ def _build(out: Path, *, corpus: list[str], architecture: str, hidden_size: int,
     torch.manual_seed(seed)
     if architecture in ("qwen2_vl", "qwen2_5_vl"):
         model, processor = _qwen(tok, architecture, hidden_size, num_layers)
-    else:
+    elif architecture == "idefics3":
         model, processor = _idefics3(tok, hidden_size, num_layers)
+    else:
+        model, processor = _llava(tok, hidden_size, num_layers)
     eos = tok.convert_tokens_to_ids(EOS)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
     with quiet_progress():
@@ -146,6 +150,27 @@ def _idefics3(tok, hidden_size: int, num_layers: int):
                             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                num_attention_heads=2, image_size=size, patch_size=patch))
     return Idefics3ForConditionalGeneration(config), processor
+
+
+def _llava(tok, hidden_size: int, num_layers: int):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from modules.vision import image_processor
+
+    tok.add_special_tokens({"additional_special_tokens": list(LLAVA_VISION_TOKENS)})
+    tok.chat_template = LLAVA_TEMPLATE
+    size, patch = 64, 16  # 4x4 patches -> 16 image tokens (the CLS feature is dropped: strategy "default")
+    processor = LlavaProcessor(image_processor=image_processor("CLIPImageProcessor", size={"shortest_edge": size},
+                                                               crop_size={"height": size, "width": size}),
+                               tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, image_token="<image>", chat_template=LLAVA_TEMPLATE)
+    text = _text_config(tok, hidden_size, num_layers, model_type="llama", tie_word_embeddings=True)
+    config = LlavaConfig(text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=True,
+                         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=2, image_size=size,
+                                            patch_size=patch, projection_dim=32))
+    return LlavaForConditionalGeneration(config), processor
 
 
 __all__ = ["ARCHITECTURES", "build_tiny_vlm"]

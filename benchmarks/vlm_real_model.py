@@ -37,7 +37,7 @@ def caption(row: dict) -> str:
     return "Objects from left to right: " + ", ".join(o["name"] for o in row["objects"]) + "."
 
 
-def caption_loss(policy, chunk: list[dict], images: list) -> "torch.Tensor":
+def caption_loss(policy, chunk: list[dict], images: list):
     """Mean token NLL of each row's caption given `images` (the rows' own, or another row's for the control)."""
     import torch
 
@@ -111,7 +111,6 @@ def rl(recipe: str, path: str, steps: int, eval_rows: int, seed: int, tmp: Path)
     import lightning as L
     import torch
 
-    from callbacks import HeldOutEval
     from datamodules import PromptDataModule
 
     L.seed_everything(seed, verbose=False)

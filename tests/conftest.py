@@ -48,6 +48,31 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", **TINY_MODEL_KWARGS)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a loaded 2-core box: 1 torch thread (OpenMP contention costs 10-40x, VISION-NOTES)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """``tiny_vlm(architecture) -> path`` of a random tiny VLM (qwen2_vl, qwen2_5_vl, idefics3, llava) with its
+    processor, built once per session."""
+    from modules.models.tiny_vlm import build_tiny_vlm
+
+    root, built = tmp_path_factory.mktemp("vlms"), {}
+
+    def get(architecture: str = "qwen2_vl") -> str:
+        if architecture not in built:
+            built[architecture] = str(build_tiny_vlm(root / architecture, architecture=architecture))
+        return built[architecture]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def smollm2_path():
     """SmolLM2-135M-Instruct converted from the packaged GGUF (cached under $R1_CACHE); skips if absent."""

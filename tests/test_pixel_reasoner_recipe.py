@@ -7,23 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from datamodules.tasks import make_task
-from modules.models.tiny_vlm import build_tiny_vlm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def vlm_path(tmp_path_factory):
-    return str(build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "qwen2_vl", architecture="qwen2_vl"))
+@pytest.fixture
+def vlm_path(tiny_vlm):
+    return tiny_vlm("qwen2_vl")
 
 
 def _recipe(path, **kwargs):

@@ -22,6 +22,7 @@ from modules.rollout.engine import SamplingSettings
 from modules.rollout.hf import HFGenerateEngine
 from modules.vision import VisionInputError, VisionSettings, collate, encode_prompts, forward_kwargs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHS = ["qwen2_vl", "qwen2_5_vl", "idefics3", "llava"]
 # 224x168 -> (8 x 6) merged 28-px blocks; Idefics3: (64/8)^2 / 2^2; LLaVA: (64/16)^2 (the CLS feature dropped)
 IMAGE_TOKENS = {"qwen2_vl": 48, "qwen2_5_vl": 48, "idefics3": 16, "llava": 16}
@@ -29,18 +30,11 @@ TOWERS = {"qwen2_vl": "model.visual", "qwen2_5_vl": "model.visual", "idefics3": 
           "llava": "model.vision_tower"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: OpenMP contention costs 10-40x on 2 loaded cores (VISION-NOTES)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def vlm(request, tmp_path_factory):
-    arch = request.param
-    return arch, str(build_tiny_vlm(tmp_path_factory.mktemp("vlm") / arch, architecture=arch))
+@pytest.fixture(params=ARCHS)
+def vlm(request, tiny_vlm):
+    return request.param, tiny_vlm(request.param)
 
 
 def _image(colour, size=(224, 168)):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from datamodules.tasks import make_task
-from modules.models.tiny_vlm import build_tiny_vlm
 from modules.papers.gui_g1.rewards import difficulty_weight
 from recipes.base import RecipeConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHS = ["qwen2_vl", "idefics3"]
 
 
@@ -21,18 +21,11 @@ def _rows(task, n, seed):
     return [{**r, "prompt": r["question"]} for r in make_task(task, n, seed=seed)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def vlm_paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vlms")
-    return {arch: str(build_tiny_vlm(root / arch, architecture=arch)) for arch in ARCHS}
+@pytest.fixture
+def vlm_paths(tiny_vlm):
+    return {arch: tiny_vlm(arch) for arch in ARCHS}
 
 
 def _gui(path, **kwargs):

@@ -14,27 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.models.tiny_vlm import build_tiny_vlm
 from modules.policy import Policy
 from modules.rollout.engine import SamplingSettings
 from modules.rollout.multiturn import MultiTurnToolEngine
 from modules.vision import encode_observation, image_placeholder, sample_frames
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHS = ["qwen2_vl", "idefics3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def policy(request, tmp_path_factory):
-    return Policy.from_pretrained(str(build_tiny_vlm(tmp_path_factory.mktemp("vlm") / request.param,
-                                                     architecture=request.param)))
+@pytest.fixture(params=ARCHS)
+def policy(request, tiny_vlm):
+    return Policy.from_pretrained(tiny_vlm(request.param))
 
 
 def zoom(arguments: str, row: dict) -> Image.Image:

@@ -57,7 +57,8 @@ _LAYOUT_RESTARTS = 50
 _FONT = None
 
 
-def _font() -> ImageFont.ImageFont:
+def bitmap_font() -> ImageFont.ImageFont:
+    """PIL's built-in bitmap font, loaded once (the synthetic image tasks draw their labels with it)."""
     global _FONT
     if _FONT is None:  # PIL's built-in bitmap font (6 x 11 pixels a character); no FreeType or font file needed
         loader = getattr(ImageFont, "load_default_imagefont", None)
@@ -66,7 +67,7 @@ def _font() -> ImageFont.ImageFont:
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=_font())
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=bitmap_font())
     return right - left, bottom - top
 
 
@@ -111,7 +112,7 @@ def _render(elements: list[dict], width: int, height: int, background: tuple[int
         luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
         ink = (0, 0, 0) if luminance > 150 else (255, 255, 255)
         draw.text((x1 + (x2 - x1 - text_w) // 2, y1 + (y2 - y1 - text_h) // 2), element["label"], fill=ink,
-                  font=_font())
+                  font=bitmap_font())
     return image
 
 

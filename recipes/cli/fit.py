@@ -232,14 +232,15 @@ def build_cli(args: list[str] | None, *, run: bool = True) -> LightningCLI:
     `run=False` takes no subcommand and only parses and instantiates (`cli.trainer`, `cli.model`, `cli.datamodule`)."""
     from jsonargparse import set_parsing_settings
 
-    from datamodules.prompts import PromptDataModule
-    from recipes.policy_module import PolicyModule
+    from lightning import LightningDataModule, LightningModule
 
     # Each settings field is documented once, as an attribute docstring: show it in --help.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     _hide_lightning_tips()
-    # No automatic optimiser wiring (the recipes optimise manually); the config is saved next to the logs.
-    return R1CLI(PolicyModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+    # Any LightningModule recipe and datamodule: the LLM recipes (PolicyModule and its datamodules) and the
+    # environment recipes (HCRMP with DrivingDataModule). No automatic optimiser wiring (the recipes optimise
+    # manually); the config is saved next to the logs.
+    return R1CLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                         run=run, parser_kwargs={"exit_on_error": False}, save_config_kwargs={"overwrite": True},
                         auto_configure_optimizers=False)
 

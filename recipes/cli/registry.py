@@ -83,6 +83,9 @@ RECIPES: dict[str, RecipeInfo] = {
         RecipeInfo("avatarshield", "recipes.avatarshield.AvatarShield",
                    "AvatarShield: GRPO real/fake human-centric video detection with a temporal compensation reward "
                    "(arXiv 2505.15173); vision-language video, temporal reward [unverified]", "avatarshield.yaml"),
+        RecipeInfo("hcrmp", "recipes.hcrmp.HCRMP",
+                   "HCRMP: LLM-hinted multi-critic RL motion planner in highway-env, ASR / CSA / SCM, robust to "
+                   "hallucinated hints (arXiv 2505.15793); needs the driving extra", "hcrmp.yaml"),
         RecipeInfo("ppo", "recipes.ppo.PPO", "PPO with a critic, GAE and KL-in-reward (arXiv 1707.06347, as veRL)",
                    "ppo.yaml"),
     ]

@@ -245,7 +245,7 @@ class HCRMP(L.LightningModule):
                 for key, value in {"policy_loss": pi_loss, "value_loss": v_loss, "entropy": entropy,
                                    "grad_norm": grad, "clip_ratio": pi_metrics["clip_ratio/region_mean"],
                                    "explained_variance": v_metrics["explained_variance"]}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
                 count += 1
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
         metrics.update(round_["stats"])

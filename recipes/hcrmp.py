@@ -50,14 +50,10 @@ from modules.papers.hcrmp import (
     to_action,
     to_unit,
 )
-from modules.settings import SettingsError, check_choice, check_number
+from modules.settings import check_choice, check_number
 
 HINTERS = ("rule", "noisy", "llm", "none")
 DENSITY_NAMES = ("low", "medium", "high")
-
-
-class RecipeConfigError(SettingsError):
-    """A bad HCRMP setting; the message names the field and the fix."""
 
 
 class HCRMP(L.LightningModule):

@@ -349,24 +349,25 @@ def collate(rows: list[dict[str, Tensor]], device: torch.device | str | None = N
     out = {}
     for key in keys:
         present = [r[key] for r in rows if key in r]
-        row_batched = key in _ROW_BATCHED or (key == "pixel_values" and present[0].dim() == 5)
-        if not row_batched:
-            values = present
-        else:  # a row without images gets a zero-image entry (padding)
+        if _row_batched(key, present[0]):  # a row without images gets a zero-image entry (padding)
             empty = present[0].new_zeros((1, 0, *present[0].shape[2:]))
-            values = [r.get(key, empty) for r in rows]
-        if row_batched:
-            shape = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
-            padded = []
-            for v in values:
-                pads = []
-                for d in reversed(range(1, v.dim())):
-                    pads += [0, shape[d - 1] - v.shape[d]]
-                padded.append(torch.nn.functional.pad(v, pads))
-            values = padded
-        value = torch.cat(values)
+            value = torch.cat(_pad_common([r.get(key, empty) for r in rows], from_dim=1))
+        else:
+            value = torch.cat(present)
         out[key] = value if device is None else value.to(device)
     return out
+
+
+def _row_batched(key: str, value: Tensor) -> bool:
+    """Whether a vision tensor is laid out per row (Idefics3: rows, images, ...) rather than per image."""
+    return key in _ROW_BATCHED or (key == "pixel_values" and value.dim() == 5)
+
+
+def _pad_common(values: list[Tensor], *, from_dim: int) -> list[Tensor]:
+    """`values` zero-padded at the end of every dim from `from_dim` on to their common largest size."""
+    shape = [max(v.shape[d] for v in values) for d in range(from_dim, values[0].dim())]
+    return [torch.nn.functional.pad(v, [p for d in reversed(range(from_dim, v.dim()))
+                                        for p in (0, shape[d - from_dim] - v.shape[d])]) for v in values]
 
 
 def forward_kwargs(spec: VisionSpec, input_ids: Tensor, vision: list[dict[str, Tensor]], *,
@@ -414,15 +415,10 @@ def append_images(vision: dict[str, Tensor], more: dict[str, Tensor]) -> dict[st
         if key not in out:
             out[key] = value
             continue
-        old = out[key]
-        if key in _ROW_BATCHED or (key == "pixel_values" and value.dim() == 5):
-            shape = [max(a, b) for a, b in zip(old.shape[2:], value.shape[2:])]
-            old, value = (torch.nn.functional.pad(t, [p for d in reversed(range(len(shape)))
-                                                      for p in (0, shape[d] - t.shape[2 + d])])
-                          for t in (old, value))
-            out[key] = torch.cat([old, value], dim=1)
+        if _row_batched(key, value):  # join along the image axis
+            out[key] = torch.cat(_pad_common([out[key], value], from_dim=2), dim=1)
         else:
-            out[key] = torch.cat([old, value])
+            out[key] = torch.cat([out[key], value])
     return out
 
 
@@ -439,11 +435,6 @@ def sample_frames(frames: list, budget: int) -> list:
     if budget == 1:
         return [frames[0]]
     return [frames[round(i * (len(frames) - 1) / (budget - 1))] for i in range(budget)]
-
-
-def group_shared(vision: list[dict] | None) -> int:
-    """How many distinct vision dicts `vision` holds (rows of a group share one)."""
-    return 0 if vision is None else len({id(v) for v in vision})
 
 
 __all__ = ["TOKEN_TYPE_KEYS", "EncodedPrompts", "VisionInputError", "VisionSettings", "VisionSpec", "append_images",

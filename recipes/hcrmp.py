@@ -127,7 +127,7 @@ class HCRMP(L.LightningModule):
         self.kb = KnowledgeBase() if knowledge_base else None
         self.episode = 0  # episodes started so far: episode e is seeded with seed + e
         self._obs: np.ndarray | None = None
-        self._t = 0  # control step within the episode
+        self._next_hint: tuple[np.ndarray, np.ndarray, bool] | None = None
         self._step_in_run = 0
 
     # ------------------------------------------------------------------ acting
@@ -145,7 +145,7 @@ class HCRMP(L.LightningModule):
     def _reset(self) -> None:
         self._obs = self.env.reset(seed=self.hparams.seed + self.episode)
         self.episode += 1
-        self._t = 0
+        self._ep_return = 0.0  # an episode may span rounds: its return accumulates across them
         self._episode_weights: list[np.ndarray] = []
         self._episode_scene = self.scene_features(self.env.scene())
 
@@ -166,12 +166,12 @@ class HCRMP(L.LightningModule):
         """Roll the policy out for `steps` control steps; the tensors of the round and its episode statistics."""
         rec: dict[str, list] = {k: [] for k in ("obs", "u", "logp", "values", "terms", "done", "weights")}
         returns, successes, crashes, accepted = [], [], [], []
-        ep_return = 0.0
         if self._obs is None:
             self._reset()
         for _ in range(steps):
-            scene = self.env.scene()
-            features, weights, ok = self.hint(scene)
+            # the hint of the round's first state was computed for the previous round's bootstrap value
+            features, weights, ok = self._next_hint or self.hint(self.env.scene())
+            self._next_hint = None
             accepted.append(ok)
             action, logp, values = self.act(self._obs, features)
             obs, terms, done, info = self.env.step(action)
@@ -183,19 +183,19 @@ class HCRMP(L.LightningModule):
             rec["done"].append(float(done))
             rec["weights"].append(weights)
             self._episode_weights.append(weights)
-            ep_return += float(np.dot(weights, [terms[k] for k in TERMS]))
+            self._ep_return += float(np.dot(weights, [terms[k] for k in TERMS]))
             self._obs = obs
             self._step_in_run += 1
             if done:
-                returns.append(ep_return)
+                returns.append(self._ep_return)
                 successes.append(float(info.get("success", False)))
                 crashes.append(float(info.get("crashed", False)))
                 if self.kb is not None:
                     self.kb.add(self._episode_scene, np.mean(self._episode_weights, 0), successes[-1])
-                ep_return = 0.0
                 self._reset()
         with torch.no_grad():
-            x = torch.as_tensor(np.concatenate([self._obs, self.hint(self.env.scene())[0]]), dtype=torch.float32)
+            self._next_hint = self.hint(self.env.scene())  # consulted once: the next round's first step reuses it
+            x = torch.as_tensor(np.concatenate([self._obs, self._next_hint[0]]), dtype=torch.float32)
             last_values = self.agent(x[None].to(self.device))[2][0]
         t = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device) for k, v in rec.items()}
         t["last_values"] = last_values
@@ -302,7 +302,7 @@ class HCRMP(L.LightningModule):
         self._step_in_run = int(state.get("step_in_run", 0))
         if self.kb is not None and state.get("kb") is not None:
             self.kb.load_state_dict(state["kb"])
-        self._obs = None  # the next round starts a fresh episode (seeded by its index)
+        self._obs, self._next_hint = None, None  # the next round starts a fresh episode (seeded by its index)
 
 
 __all__ = ["DENSITY_NAMES", "HCRMP", "HINTERS"]

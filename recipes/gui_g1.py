@@ -35,6 +35,7 @@ from modules.rewards import RewardSpec
 from modules.rollout.batch import RolloutBatch
 from modules.rollout.engine import SamplingSettings
 from recipes.base import RecipeConfigError, RLRecipe
+from recipes.policy_module import prefixed_metrics
 
 RATE_COLUMN = "rate"
 
@@ -110,7 +111,7 @@ class GUIG1(RLRecipe):
     def on_step_end(self, rollout: RolloutBatch) -> dict[str, float]:
         """The step's box statistics (hit rate, IoU, area ratio, parse failures) and mean difficulty weight (per
         difficulty only in evaluation: a step's batch need not hold every level)."""
-        out = _prefixed({k: v for k, v in box_statistics(rollout).items() if k.startswith("all/")}, "gui")
+        out = prefixed_metrics({k: v for k, v in box_statistics(rollout).items() if k.startswith("all/")}, "gui")
         if rollout.sample_weights is not None:
             out["gui/sample_weight_mean"] = float(rollout.sample_weights.mean())
         return out
@@ -119,7 +120,7 @@ class GUIG1(RLRecipe):
         """Held-out box statistics, overall and per difficulty (`eval/gui/<difficulty>/...`)."""
         if not rollouts:
             return {}
-        return _prefixed(box_statistics(RolloutBatch.concat(rollouts)), "eval/gui")
+        return prefixed_metrics(box_statistics(RolloutBatch.concat(rollouts)), "eval/gui")
 
 
 def box_statistics(rollout: RolloutBatch) -> dict[str, float]:
@@ -135,11 +136,6 @@ def box_statistics(rollout: RolloutBatch) -> dict[str, float]:
                            [cols["image_size"][i] for i in rows])
         out.update({f"{level}/{k}": v for k, v in part.items() if k != "n"})
     return out
-
-
-def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """Keys under `prefix`; undefined values (the area ratio when no box parsed) are left out, not logged as NaN."""
-    return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v == v}
 
 
 __all__ = ["GUIG1", "box_statistics"]

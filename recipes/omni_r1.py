@@ -26,6 +26,7 @@ from modules.papers.omni_r1.rewards import answer_metrics
 from modules.rewards import RewardSpec
 from modules.rollout.batch import RolloutBatch
 from recipes.base import RecipeConfigError, RLRecipe
+from recipes.policy_module import prefixed_metrics
 
 
 class OmniR1(RLRecipe):
@@ -51,13 +52,13 @@ class OmniR1(RLRecipe):
         """The step's answer accuracy and similarity (per question type only in evaluation: a step's batch need not
         hold every type, and a metric that comes and goes is a gap in the logs)."""
         stats = self.answer_statistics(rollout)
-        return _prefixed({k: v for k, v in stats.items() if "/" not in k}, "omni")
+        return prefixed_metrics({k: v for k, v in stats.items() if "/" not in k}, "omni")
 
     def eval_metrics(self, rollouts: list[RolloutBatch]) -> dict[str, float]:
         """Held-out answer accuracy and similarity, overall and per question type (`eval/omni/...`)."""
         if not rollouts:
             return {}
-        return _prefixed(self.answer_statistics(RolloutBatch.concat(rollouts)), "eval/omni")
+        return prefixed_metrics(self.answer_statistics(RolloutBatch.concat(rollouts)), "eval/omni")
 
     def answer_statistics(self, rollout: RolloutBatch) -> dict[str, float]:
         cols = rollout.columns
@@ -65,10 +66,6 @@ class OmniR1(RLRecipe):
             return {}
         return answer_metrics(rollout.completions, cols["answer"], cols["question_type"],
                               encoder=self.metrics_encoder)
-
-
-def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v == v}
 
 
 __all__ = ["OmniR1"]

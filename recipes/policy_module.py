@@ -330,6 +330,11 @@ def recipe_settings(recipe: type, cls: type, value: Any, name: str) -> Any:
     return settings_from(cls, value, f"model.{name}", signature_default(recipe, name))
 
 
+def prefixed_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """`metrics` under `prefix/`; undefined values (NaN: a rate over no rows) are left out rather than logged."""
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items() if v == v}
+
+
 def _plain(value: Any) -> Any:
     """Dataclasses -> dicts, callables -> their qualified names, recursively (checkpoint-safe values)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -349,4 +354,4 @@ def _has_callables(rewards: list[Any] | None) -> bool:
     return any(isinstance(r, Callable) and not isinstance(r, (str, RewardSpec)) for r in rewards or [])  # type: ignore[arg-type]
 
 
-__all__ = ["HOOKS", "PURPOSES", "PolicyModule", "RecipeConfigError", "recipe_settings"]
+__all__ = ["HOOKS", "PURPOSES", "PolicyModule", "RecipeConfigError", "prefixed_metrics", "recipe_settings"]

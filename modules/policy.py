@@ -1,7 +1,8 @@
 """The trainable policy: a Hugging Face causal LM (full, LoRA or QLoRA) plus its tokenizer.
 
 `Policy` owns the model, the tokenizer and the reference model, and computes per-token log-probs of
-completion tokens (temperature-scaled as TRL does: logits / temperature) in micro-batches.
+completion tokens (temperature-scaled as TRL does: logits / temperature) in micro-batches, optionally with the LM
+head run a chunk of tokens at a time and recomputed in the backward (`logit_chunk_size`, `modules.lm_head`).
 Reference log-probs come from the same weights with the LoRA adapter disabled, or from a frozen copy of
 the starting checkpoint for a full fine-tune.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from modules.atomic import atomic_path
+from modules.lm_head import chunked_token_logps, entropy_from_logits, selective_log_softmax
 from modules.models.loading import quiet_progress
 from modules.vision import (VisionSettings, VisionSpec, forward_kwargs, is_vision_config, load_processor,
                             vision_module_names, vision_spec)
@@ -96,7 +98,7 @@ class Policy(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, source: str | None = None, load_kwargs: dict | None = None,
-                 reference: str = "auto", processor=None) -> None:
+                 reference: str = "auto", processor=None, logit_chunk_size: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -114,13 +116,22 @@ class Policy(nn.Module):
         # A frozen copy is built on demand (only KL needs it). Kept in a list so it is not a registered
         # submodule: it is neither trained nor saved in checkpoints (it is reloaded from `source`).
         self._reference: list[nn.Module] = []
+        if logit_chunk_size is not None and (isinstance(logit_chunk_size, bool)
+                                             or not isinstance(logit_chunk_size, int) or logit_chunk_size < 1):
+            raise PolicyConfigError(f"logit_chunk_size={logit_chunk_size!r}; give an integer >= 1 (completion tokens "
+                                    "per LM-head chunk) or None for all at once")
+        self.logit_chunk_size = logit_chunk_size
+        """Completion tokens whose vocabulary logits exist at once in `token_logps` (the LM head is recomputed in the
+        backward, `modules.lm_head.chunked_token_logps`); None: all of a micro-batch's at once, through the model's
+        own forward. Models the chunked path cannot reproduce use the latter anyway (`lm_head_parts`)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, path: str, *, lora: LoraSettings | dict | None = None, quantization: str | None = None,
                         dtype: str | torch.dtype = "float32", gradient_checkpointing: bool = False,
                         reference: str = "auto", trust_remote_code: bool = False,
-                        attn_implementation: str | None = None, vision: VisionSettings | None = None) -> "Policy":
+                        attn_implementation: str | None = None, vision: VisionSettings | None = None,
+                        logit_chunk_size: int | None = None) -> "Policy":
         """Load a causal LM + tokenizer, or a vision-language model + processor (any `AutoModelForImageTextToText`
         checkpoint), from a local path, an alias (see `modules.models`) or a hub id."""
         from transformers import AutoConfig, AutoTokenizer
@@ -166,7 +177,8 @@ class Policy(nn.Module):
             model = _apply_lora(model, lora, skip=[] if train_tower or not is_vlm else vision_module_names(model))
         load_kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
                        "attn_implementation": attn_implementation, "vision": is_vlm}
-        return cls(model, tokenizer, source=path, load_kwargs=load_kwargs, reference=reference, processor=processor)
+        return cls(model, tokenizer, source=path, load_kwargs=load_kwargs, reference=reference, processor=processor,
+                   logit_chunk_size=logit_chunk_size)
 
     @property
     def is_peft(self) -> bool:
@@ -222,7 +234,10 @@ class Policy(nn.Module):
                     ) -> tuple[Tensor, ...]:
         """Log-probs (N, T) of each completion token under `model` (default: the policy), with temperature.
 
-        Only the T completion positions go through the LM head (`logits_to_keep`), one micro-batch at a time.
+        Only the T completion positions go through the LM head, one micro-batch at a time: with `logit_chunk_size`
+        set (and a model whose head `lm_head_parts` finds), the decoder body gives the hidden states and
+        `chunked_token_logps` computes everything from them `logit_chunk_size` tokens at a time, recomputing the
+        head in the backward; otherwise the model's forward gives the (n, T, V) logits (`logits_to_keep`).
         Returns (logps, entropy) where entropy (N, T) is the full-distribution entropy at each position (a
         metric without a graph, unless `entropy_grad` is set for an entropy bonus in the loss). With `truncation`
         = (top_p, top_k), returns (logps, entropy, truncated) where `truncated` (N, T, no graph) are the log-probs
@@ -244,23 +259,39 @@ class Policy(nn.Module):
         if (vision is None) != (self.vision is None):
             raise ValueError("token_logps: a vision-language policy needs the rows' vision inputs and a text policy "
                              "takes none (RolloutBatch.vision)")
+        parts = lm_head_parts(model) if self.logit_chunk_size else None
         logps, entropies, truncated = [], [], []
         for i in range(0, n, micro):
             extra = {} if self.vision is None else forward_kwargs(self.vision, input_ids[i:i + micro],
                                                                   vision[i:i + micro], device=input_ids.device)
             if self.vision is None or not self.vision.mrope:
                 extra["position_ids"] = position_ids[i:i + micro]
+            targets = completion_ids[i:i + micro]  # (n, T)
+            if parts is not None:
+                body, head = parts
+                out = body(input_ids=input_ids[i:i + micro], attention_mask=attention[i:i + micro], use_cache=False,
+                           **extra)
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (n, P + T, H)
+                # position j of the last T + 1 predicts completion token j
+                logp, entropy, *trunc = chunked_token_logps(
+                    hidden[:, hidden.shape[1] - t - 1:-1], head.weight, head.bias, targets, temperature=temperature,
+                    chunk_size=self.logit_chunk_size, with_entropy=with_entropy, entropy_grad=entropy_grad,
+                    truncation=truncation)  # (n, T) each
+                logps.append(logp)
+                entropies.append(entropy)
+                truncated.extend(trunc)
+                continue
             out = model(input_ids=input_ids[i:i + micro], attention_mask=attention[i:i + micro],
                         logits_to_keep=t + 1, use_cache=False, **extra)
             logits = out.logits[:, :-1, :].float()  # (n, T, V): position j predicts completion token j
             if temperature != 1.0:
                 logits = logits / temperature
             lse = torch.logsumexp(logits, dim=-1)  # (n, T), shared by the log-probs and the entropy
-            logps.append(selective_log_softmax(logits, completion_ids[i:i + micro], lse))
+            logps.append(selective_log_softmax(logits, targets, lse))
             if truncation is not None:
                 with torch.no_grad():
-                    truncated.append(truncated_logprobs(logits.detach(), completion_ids[i:i + micro],
-                                                        top_p=truncation[0], top_k=truncation[1]))
+                    truncated.append(truncated_logprobs(logits.detach(), targets, top_p=truncation[0],
+                                                        top_k=truncation[1]))
             if with_entropy and entropy_grad:
                 entropies.append(entropy_from_logits(logits, lse))
             elif with_entropy:  # a metric only: no graph through it
@@ -332,6 +363,55 @@ class Policy(nn.Module):
         return directory
 
 
+_HEAD_SCALES = ("lm_head_multiplier", "output_multiplier", "output_multiplier_scale", "dim_model_base",
+                "mup_width_multiplier")
+"""Config fields that scale the hidden states or logits around the head without "logit" in their name (Falcon-H1,
+MiniCPM, muP models): other than 1 (or null), the chunked path is off."""
+
+
+def _changes_logits(name: str, value) -> bool:  # noqa: ANN001
+    """Whether config field `name` = `value` caps or scales the logits after the head (Gemma's
+    `final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`, ...); attention caps do not."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    name = name.lower()
+    if "attn" in name or "attention" in name or "router" in name:
+        return False
+    if "cap" in name and "logit" in name:
+        return value != 0
+    return (("logit" in name and "scal" in name) or name in _HEAD_SCALES) and value != 1
+
+
+def lm_head_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(body, head) of a Hugging Face causal LM or vision-language model, when logits are exactly
+    `head(body(...).last_hidden_state)`; else None (`Policy.token_logps` then runs the model's own forward).
+
+    A peft model is unwrapped (`get_base_model()`): its LoRA layers sit inside the body, and `disable_adapter()`
+    or a switched adapter applies to it as to the whole. The body is `base.<base_model_prefix>` (`.model` for Llama,
+    Qwen2 and the Qwen2-VL / Idefics3 / LLaVA models), the head `get_output_embeddings()`. None when the head is not
+    a plain `nn.Linear` (a LoRA-adapted or quantized head), carries hooks, is sharded (FSDP2: the body's forward
+    alone would not gather the root's weights), or when the config caps or scales the logits.
+    """
+    from modules.sharded import is_sharded
+
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    prefix = getattr(base, "base_model_prefix", None)
+    body = getattr(base, prefix, None) if isinstance(prefix, str) and prefix else None
+    if type(head) is not nn.Linear or not isinstance(body, nn.Module) or body is base:
+        return None
+    if head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook") or is_sharded(model):
+        return None
+    if any(cls.__name__ == "DTensor" for cls in type(head.weight).__mro__):
+        return None
+    config = getattr(base, "config", None)
+    configs = [c for c in (config, getattr(config, "get_text_config", lambda: None)()) if c is not None]
+    if any(_changes_logits(name, value) for c in configs for name, value in vars(c).items()):
+        return None
+    return body, head
+
+
 def _keep_4bit_layout(model: nn.Module) -> None:
     """Keep bitsandbytes' 4-bit weights in their training layout on CPUs with AVX512-BF16.
 
@@ -379,20 +459,5 @@ def _targets_outside(model: nn.Module, targets: list[str] | str, skip: list[str]
     return out
 
 
-def selective_log_softmax(logits: Tensor, index: Tensor, lse: Tensor | None = None) -> Tensor:
-    """log_softmax(logits)[..., index] without materialising the full log-softmax: (N, T, V), (N, T) -> (N, T)."""
-    picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # (N, T)
-    return picked - (torch.logsumexp(logits, dim=-1) if lse is None else lse)
-
-
-def entropy_from_logits(logits: Tensor, lse: Tensor | None = None) -> Tensor:
-    """Entropy of softmax(logits) along the vocabulary: (N, T, V) -> (N, T).
-
-    H = logsumexp(z) - sum(softmax(z) * z); pass `lse` when it is already computed (one V-sized temporary).
-    """
-    lse = torch.logsumexp(logits, dim=-1) if lse is None else lse
-    return lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
 __all__ = ["Policy", "LoraSettings", "PolicyConfigError", "selective_log_softmax", "entropy_from_logits",
-           "QUANTIZATION_MODES"]
+           "lm_head_parts", "QUANTIZATION_MODES"]

@@ -69,11 +69,16 @@ class BatchSettings:
     """Extra generation rounds allowed per step for dynamic sampling."""
     skip_zero_signal_steps: bool = True
     """Skip the backward pass when every advantage is 0 and beta = 0 (single process only; still logged)."""
+    logit_chunk_size: int = 1024
+    """Completion tokens whose vocabulary logits exist at once when computing log-probs and entropy; the LM head is
+    recomputed in the backward. 0 computes all at once."""
 
     def __post_init__(self) -> None:
         for name in ("num_iterations", "steps_per_generation", "micro_batch_size"):
             check_number(f"model.batching.{name}", getattr(self, name), low=1, integer=True)
         check_number("model.batching.max_refill_rounds", self.max_refill_rounds, low=0, integer=True)
+        check_number("model.batching.logit_chunk_size", self.logit_chunk_size, low=0, integer=True,
+                     fix="0 computes all logits at once")
 
     @property
     def passes(self) -> int:
@@ -132,6 +137,7 @@ class RLRecipe(PolicyModule):
         self.automatic_optimization = False
         self.num_generations = int(num_generations)
         self.objective, self.batching = objective, batching
+        self.policy.logit_chunk_size = batching.logit_chunk_size or None
         self.rollout_correction = RolloutCorrection(
             recipe_settings(type(self), RolloutCorrectionSettings, rollout_correction, "rollout_correction"))
         self.last_rollout: RolloutBatch | None = None

@@ -37,7 +37,7 @@ def entropy_from_logits(logits: Tensor, lse: Tensor | None = None) -> Tensor:
 
 
 def chunked_token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, *,
-                        temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
+                        chunk_size: int, temperature: float = 1.0, with_entropy: bool = False,
                         entropy_grad: bool = False, truncation: tuple[float, int] | None = None
                         ) -> tuple[Tensor, ...]:
     """Log-probs (N, T) of `targets` (N, T) under softmax((hidden @ weight.T + bias) / temperature), chunk by chunk.

@@ -69,7 +69,7 @@ class BatchSettings:
     """Extra generation rounds allowed per step for dynamic sampling."""
     skip_zero_signal_steps: bool = True
     """Skip the backward pass when every advantage is 0 and beta = 0 (single process only; still logged)."""
-    logit_chunk_size: int = 1024
+    logit_chunk_size: int = 256
     """Completion tokens whose vocabulary logits exist at once when computing log-probs and entropy; the LM head is
     recomputed in the backward. 0 computes all at once."""
 

@@ -135,9 +135,9 @@ def test_bad_arguments_are_one_line_errors():
     with pytest.raises(ValueError, match="chunk_size=0; give an integer >= 1"):
         chunked_token_logps(hidden, weight, bias, targets, chunk_size=0)
     with pytest.raises(ValueError, match=r"weight \(16, 50\) is not \(V, 16\)"):
-        chunked_token_logps(hidden, weight.T, bias, targets)
+        chunked_token_logps(hidden, weight.T, bias, targets, chunk_size=4)
     with pytest.raises(ValueError, match=r"targets \(3, 6\) do not match"):
-        chunked_token_logps(hidden, weight, bias, targets[:, 1:])
+        chunked_token_logps(hidden, weight, bias, targets[:, 1:], chunk_size=4)
 
 
 # ---------------------------------------------------------------------------------------------- Policy.token_logps

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from modules.atomic import atomic_path
+from modules.host_memory import release_freed_memory
 from modules.lm_head import chunked_token_logps, entropy_from_logits, selective_log_softmax
 from modules.models.loading import quiet_progress
 from modules.vision import (VisionSettings, VisionSpec, forward_kwargs, is_vision_config, load_processor,
@@ -135,6 +136,8 @@ class Policy(nn.Module):
         """Load a causal LM + tokenizer, or a vision-language model + processor (any `AutoModelForImageTextToText`
         checkpoint), from a local path, an alias (see `modules.models`) or a hub id."""
         from transformers import AutoConfig, AutoTokenizer
+
+        release_freed_memory()  # before the first large allocation: freed activations go back to the OS
 
         from modules.models.registry import resolve_model_path
 

@@ -5,8 +5,8 @@ B=4 prompts x G=8 completions, 64 new tokens, temperature 1.0, loss "grpo", beta
 advantages, AdamW (torch.optim) lr 1e-6 constant, grad clip 1.0, no gradient checkpointing, fp32. The
 sides alternate (ours, TRL, ours, TRL, ...) to reduce order bias; warmup steps of each run are dropped.
 
-    python benchmarks/grpo_step.py [--steps 5] [--warmup 1] [--model tiny|smollm2] [--repeats 2] [--json out.json]
-                                   [--engine hf|vllm|both]
+    python benchmarks/grpo_step.py [--steps 5] [--warmup 1] [--model tiny|tiny150k|smollm2] [--repeats 2]
+                                   [--json out.json] [--engine hf|vllm|both] [--memory]
 
 `--engine vllm` samples with a colocated vLLM engine on both sides (ours: `rollout_engine: vllm`, merged weight
 sync, TIS correction; TRL: `use_vllm=True, vllm_mode="colocate"`, its default importance-sampling correction);
@@ -19,6 +19,17 @@ completion tokens from our rollout and from TRL's logged `completions/mean_lengt
 TRL / ours: above 1 means r1-recipes is faster. Completion lengths differ between the sides (different
 samples), so seconds per generated token are compared too. Reruns on shared VMs vary by 20-30%:
 compare ratios measured in one run.
+
+The paired limit: right after each of our steps, one plain forward + backward + grad clip + AdamW step
+(lr 0, so the weights do not move) of the same model on the same rows and micro-batches is timed
+(`limit_s`): what the step's training part would cost with no RL bookkeeping at all. "rest of step" (the
+step minus generation) over that limit is the overhead of everything else (rewards, advantages, the
+old-policy log-probs, logging). `--no-limit` skips it.
+
+`--memory` measures peak process memory (max RSS) of one training step per side, each side in its own
+fresh process (`--only SIDE --steps 1 --warmup 0`), since a CPU has no allocator peak counter and a process's
+high-water mark never goes down. Ours runs with chunked log-probs (the default `logit_chunk_size`) and,
+for comparison, with all logits at once (`--logit-chunk-size 0`).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -54,6 +67,7 @@ from modules.rewards.registry import completion_text  # noqa: E402
 
 SIDES = ("ours", "trl")
 ENGINES = ("hf", "vllm")
+_RSS: dict[str, float] = {}  # peak RSS (MiB) just before the first step of the side this process ran
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,9 @@ class Settings:
     lora_r: int | None = None
     lora_alpha: int | None = None
     vllm_gpu_memory_utilization: float = 0.3
+    logit_chunk_size: int | None = None  # ours only; None: the recipe's default (BatchSettings.logit_chunk_size)
+    gradient_checkpointing: bool = False  # both sides
+    paired_limit: bool = True  # time a plain training step on the same rows after each of our steps
 
 
 @dataclass
@@ -88,6 +105,7 @@ class StepRecord:
     generate_s: float
     tokens: float | None = None  # completion tokens generated in the step (EOS included, as both sides count them)
     mean_length: float | None = None
+    limit_s: float | None = None  # ours: the paired plain forward/backward/optimiser step on the same rows
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -109,14 +127,19 @@ def prompt_rows(n: int, seed: int) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": row["question"]}]} for row in make_arithmetic(n, seed=seed)]
 
 
+MODELS = ("tiny", "tiny150k", "smollm2")
+
+
 def prepare_model(name: str) -> str:
-    """A local model directory for `name` (tiny: built once in the r1-recipes cache; smollm2: the packaged copy)."""
-    if name == "tiny":
+    """A local model directory for `name` (tiny: built once in the r1-recipes cache; tiny150k: the same with
+    Qwen2.5's 151,936-token vocabulary, where the logits dominate training memory; smollm2: the packaged copy)."""
+    if name in ("tiny", "tiny150k"):
         from modules.models.cache import default_cache_dir
         from modules.models.tiny import build_tiny_model
 
-        return str(build_tiny_model(default_cache_dir() / "bench-tiny-qwen2-h256-l4-v2048",
-                                    hidden_size=256, num_layers=4, vocab_size=2048))
+        vocab = 2048 if name == "tiny" else 151_936
+        return str(build_tiny_model(default_cache_dir() / f"bench-tiny-qwen2-h256-l4-v{vocab}",
+                                    hidden_size=256, num_layers=4, vocab_size=vocab))
     if name == "smollm2":
         from modules.models.registry import resolve_model_path
 
@@ -152,6 +175,31 @@ class GenerateTimer:
         return value
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain_training_step(model: torch.nn.Module, rollout: Any, optimizer: torch.optim.Optimizer, *,
+                        micro_batch_size: int, max_grad_norm: float) -> None:
+    """The paired limit: forward the rollout's rows through `model` (completion positions through the LM head, as
+    any trainer must), mean completion-token NLL, backward per micro-batch, clip, optimiser step, zero grads."""
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # (N, P + T)
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_attention_mask], dim=1)  # (N, P + T)
+    n, t = rollout.completion_ids.shape
+    mask = rollout.completion_mask.float()  # (N, T)
+    for i in range(0, n, micro_batch_size):
+        logits = model(input_ids=ids[i:i + micro_batch_size], attention_mask=attention[i:i + micro_batch_size],
+                       logits_to_keep=t + 1, use_cache=False).logits[:, :-1].float()  # (n, T, V)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rollout.completion_ids[i:i + micro_batch_size],
+                                                reduction="none")  # (n, T)
+        ((nll * mask[i:i + micro_batch_size]).sum() / mask.sum().clamp(min=1)).backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _seed(seed: int) -> None:
     import lightning as L
 
@@ -178,10 +226,13 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
     class StepTimer(L.Callback):
         def __init__(self, timer: GenerateTimer) -> None:
             self.timer, self.started = timer, 0.0
+            self.plain_optimizer: torch.optim.Optimizer | None = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             _sync(s.device)
             self.timer.take()
+            if not records:
+                _RSS["before_first_step"] = peak_rss_mib()
             self.started = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -192,16 +243,29 @@ def run_ours(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup
                       for k in ("time/generate_s", "tokens_per_s/generate", "tokens_per_s/train", "reward")
                       if f"train/{k}" in trainer.callback_metrics}
             step = len(records)
-            records.append(StepRecord(_side("ours", engine), run, step, step < warmup, elapsed, self.timer.take(),
-                                      float(lengths.sum()), float(lengths.mean()), logged))
+            record = StepRecord(_side("ours", engine), run, step, step < warmup, elapsed, self.timer.take(),
+                                float(lengths.sum()), float(lengths.mean()), extra=logged)
+            if s.paired_limit:
+                model = pl_module.policy.model
+                if self.plain_optimizer is None:  # lr 0: Adam's full work, weights unchanged
+                    self.plain_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                                             lr=0.0, weight_decay=0.0)
+                started = time.perf_counter()
+                plain_training_step(model, pl_module.last_rollout, self.plain_optimizer,
+                                    micro_batch_size=s.micro_batch_size, max_grad_norm=s.max_grad_norm)
+                _sync(s.device)
+                record.limit_s = time.perf_counter() - started
+            records.append(record)
 
     _seed(s.seed)
     lora = LoraSettings(r=s.lora_r, alpha=s.lora_alpha) if s.lora_r else None
+    chunk = {} if s.logit_chunk_size is None else {"logit_chunk_size": s.logit_chunk_size}
     module = GRPO(
         model_name_or_path=model_path, rewards=[digit_share], lora=lora, dtype="float32",
+        gradient_checkpointing=s.gradient_checkpointing,
         sampling=SamplingSettings(max_new_tokens=s.max_new_tokens, temperature=s.temperature),
         num_generations=s.num_generations,
-        batching=BatchSettings(micro_batch_size=s.micro_batch_size, skip_zero_signal_steps=False),
+        batching=BatchSettings(micro_batch_size=s.micro_batch_size, skip_zero_signal_steps=False, **chunk),
         objective=ObjectiveSettings(loss_type="grpo", scale_rewards="group", beta=0.0),
         optimizer=OptimizerSettings(learning_rate=s.learning_rate, weight_decay=0.0, adam_betas=(0.9, 0.999),
                                     max_grad_norm=s.max_grad_norm, lr_schedule="constant"),
@@ -236,6 +300,8 @@ def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup:
         def on_step_begin(self, args, state, control, **kwargs):
             _sync(s.device)
             self.timer.take()
+            if not records:
+                _RSS["before_first_step"] = peak_rss_mib()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -262,7 +328,7 @@ def run_trl(s: Settings, model_path: str, rows: list[dict], *, run: int, warmup:
         steps_per_generation=1, num_generations=s.num_generations, max_completion_length=s.max_new_tokens,
         temperature=s.temperature, loss_type="grpo", beta=0.0, scale_rewards="group", num_iterations=1,
         learning_rate=s.learning_rate, lr_scheduler_type="constant", weight_decay=0.0, adam_beta1=0.9,
-        adam_beta2=0.999, optim="adamw_torch", max_grad_norm=s.max_grad_norm, gradient_checkpointing=False,
+        adam_beta2=0.999, optim="adamw_torch", max_grad_norm=s.max_grad_norm, gradient_checkpointing=s.gradient_checkpointing,
         shuffle_dataset=False, model_init_kwargs={"dtype": "float32"}, log_completions=False,
         **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization}
            if engine == "vllm" else {}))
@@ -321,6 +387,13 @@ def summarise(records: list[StepRecord]) -> dict[str, dict[str, float]]:
                 "generate_tokens_per_s": tokens / sum(r.generate_s for r in with_tokens),
                 "non_generate_ms_per_token": 1e3 * sum(r.step_s - r.generate_s for r in with_tokens) / tokens,
             })
+        limits = [r for r in timed if r.limit_s is not None]
+        if limits:
+            row["limit_s_mean"] = statistics.fmean(r.limit_s for r in limits)
+            # rest of step / the plain training step on the same rows, paired step by step
+            row["rest_over_limit"] = (sum(r.step_s - r.generate_s for r in limits) / sum(r.limit_s for r in limits))
+            if with_tokens:
+                row["limit_ms_per_token"] = 1e3 * sum(r.limit_s for r in limits if r.tokens) / tokens
         if side.startswith("ours"):
             logged = [r.extra["tokens_per_s/generate"] for r in timed if "tokens_per_s/generate" in r.extra]
             if logged:
@@ -374,6 +447,9 @@ def print_report(settings: Settings, summary: dict, ratio: dict[str, dict[str, f
         ("mean completion length", "mean_completion_length", None, "{:.1f}"),
         ("step ms / generated token", "s_per_token", "s_per_token", "{:.2f}"),
         ("rest of step ms / token", "non_generate_ms_per_token", "non_generate_per_token", "{:.2f}"),
+        ("plain training step s (the limit)", "limit_s_mean", None, "{:.3f}"),
+        ("plain training step ms / token", "limit_ms_per_token", None, "{:.2f}"),
+        ("rest of step / plain training step", "rest_over_limit", None, "{:.3f}"),
         ("generate tokens / s", "generate_tokens_per_s", None, "{:.0f}"),
         ("steps timed", "steps_timed", None, "{:.0f}"),
     ]
@@ -416,8 +492,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=5, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
-    p.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
-                   help="tiny: random Qwen2 4.5M, full fine-tune; smollm2: SmolLM2-135M-Instruct, LoRA r=8")
+    p.add_argument("--model", choices=MODELS, default="tiny",
+                   help="tiny: random Qwen2 4.5M, full fine-tune; tiny150k: the same with a 151,936-token "
+                        "vocabulary (82M parameters, mostly embeddings); smollm2: SmolLM2-135M-Instruct, LoRA r=8")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds (ours, TRL) x repeats")
     p.add_argument("--only", choices=("both", *SIDES), default="both", help="run one side only (for profiling)")
     p.add_argument("--micro-batch-size", type=int, default=32, help="our rows per forward/backward (TRL: all 32)")
@@ -428,6 +505,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=(*ENGINES, "both"), default="hf",
                    help="rollout engine of both sides (vllm: colocated vLLM; both: each side with each engine)")
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3)
+    p.add_argument("--logit-chunk-size", type=int, default=None,
+                   help="ours: completion tokens whose logits exist at once (0: all; default: the recipe's)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both sides")
+    p.add_argument("--no-limit", action="store_true", help="do not time the paired plain training step")
+    p.add_argument("--memory", action="store_true",
+                   help="peak process memory of one step per side, each side in a fresh process")
+    p.add_argument("--rss-json", type=Path, default=None, help=argparse.SUPPRESS)  # a --memory child's result
     args = p.parse_args(argv)
     for name in ("steps", "repeats", "micro_batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -450,14 +534,54 @@ def _quiet() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of one step per side, each in a fresh child process of this script (same settings)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    arms = [("ours", ["--only", "ours"]), ("ours, all logits at once", ["--only", "ours", "--logit-chunk-size", "0"]),
+            ("trl", ["--only", "trl"])]
+    common = ["--model", args.model, "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-limit",
+              "--micro-batch-size", str(args.micro_batch_size), "--threads", str(args.threads),
+              "--seed", str(args.seed)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="grpo-step-rss-") as tmp:
+        for name, extra in arms:
+            path = Path(tmp) / "rss.json"
+            print(f"[grpo_step] memory: {name} in its own process", flush=True)
+            subprocess.run([sys.executable, __file__, *common, *extra, "--rss-json", str(path)], check=True)
+            out[name] = json.loads(path.read_text())
+    trl_peak = out["trl"]["peak_rss_mib"]
+    table = Table(title=f"Peak process memory of one GRPO step, {args.model} ({args.micro_batch_size} rows per "
+                        f"micro-batch{', gradient checkpointing' if args.gradient_checkpointing else ''})")
+    for col in ("side", "peak RSS MiB", "before the first step MiB", "step's own MiB", "peak / TRL's"):
+        table.add_column(col, justify="left" if col == "side" else "right")
+    for name, r in out.items():
+        r["over_trl"] = r["peak_rss_mib"] / trl_peak
+        table.add_row(name, f"{r['peak_rss_mib']:.0f}", f"{r['before_first_step_mib']:.0f}",
+                      f"{r['peak_rss_mib'] - r['before_first_step_mib']:.0f}", f"{r['over_trl']:.2f}")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.memory:
+        memory_result = {"model": args.model, "micro_batch_size": args.micro_batch_size,
+                         "gradient_checkpointing": args.gradient_checkpointing, "sides": measure_memory(args)}
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(memory_result, indent=2))
+            print(f"[grpo_step] wrote {args.json}")
+        return memory_result
     torch.set_num_threads(args.threads)
     _quiet()
     lora = (8, 16) if args.model == "smollm2" else (None, None)
     settings = Settings(model=args.model, micro_batch_size=args.micro_batch_size, threads=args.threads,
                         seed=args.seed, device=args.device, lora_r=lora[0], lora_alpha=lora[1],
-                        vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
+                        vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                        logit_chunk_size=args.logit_chunk_size, gradient_checkpointing=args.gradient_checkpointing,
+                        paired_limit=not args.no_limit)
     model_path = prepare_model(args.model)
     total = args.warmup + args.steps
     rows = prompt_rows(max(16, settings.num_prompts * total), args.seed)  # step k takes rows 4k..4k+3 on both sides
@@ -480,6 +604,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.device == "cuda":  # the trainer's own allocations (vLLM reserves its share separately)
                     memory[label] = max(memory.get(label, 0.0), torch.cuda.max_memory_allocated() / 2**20)
     load["after"] = [round(x, 2) for x in os.getloadavg()]
+    if args.rss_json is not None:  # a --memory child: one side, one step
+        args.rss_json.write_text(json.dumps({"peak_rss_mib": peak_rss_mib(),
+                                             "before_first_step_mib": _RSS.get("before_first_step", 0.0)}))
+        return {}
     summary = summarise(records)
     ratio = all_ratios(summary, records)
     print_report(settings, summary, ratio, memory, load)

@@ -14,10 +14,12 @@ from modules.host_memory import release_freed_memory
 {call}
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-x = torch.ones(2**18); del x  # a freed 1 MiB block: glibc's dynamic threshold rises past 1 MiB
+x = torch.ones(2**21); del x  # a freed 8 MiB block: glibc's dynamic threshold rises past 8 MiB
 base = rss()
-blocks = [torch.ones(2**18) for _ in range(300)]  # 300 MiB in 1 MiB tensors, as activations are
-keep = torch.ones(16)  # a small block allocated after them, so the heap cannot shrink from the top
+blocks, kept = [], []
+for _ in range(40):  # 320 MiB in 8 MiB tensors, as activations are, with small tensors that stay alive between them
+    blocks.append(torch.ones(2**21))
+    kept.append(torch.ones(2**14))
 del blocks
 print(release_freed_memory(), round(rss() - base))
 """
@@ -35,7 +37,7 @@ def test_freed_tensors_go_back_to_the_os_and_the_default_keeps_them():
 
     env = {k: v for k, v in os.environ.items() if k not in ("R1_MMAP_THRESHOLD", "MALLOC_MMAP_THRESHOLD_")}
     threshold, retained = _retained(env)
-    assert threshold == "131072" and retained < 30  # 300 MiB freed, (almost) all of it returned
+    assert threshold == str(4 * 2**20) and retained < 30  # 320 MiB freed, (almost) all of it returned
     threshold, retained = _retained({**env, "R1_MMAP_THRESHOLD": "0"})
     assert threshold == "None" and retained > 250  # glibc's dynamic threshold: the freed blocks stay resident
     threshold, _ = _retained({**env, "MALLOC_MMAP_THRESHOLD_": "65536"})

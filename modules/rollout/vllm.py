@@ -66,6 +66,9 @@ class VLLMSettings:
     """1 (offload weights to CPU) or 2 (discard them); null: 2 for merged sync, 1 for adapter sync."""
     dtype: str = "auto"
     """vLLM's weight dtype: auto (the policy's dtype), bfloat16, float16 or float32."""
+    kv_cache_memory_gib: float | None = None
+    """KV-cache size in GiB instead of a share of memory (vLLM's `kv_cache_memory_bytes`). On vLLM's CPU build
+    `gpu_memory_utilization` is a share of host RAM, most of which the colocated trainer holds: set this there."""
     max_model_len: int | None = None
     """Longest prompt + completion in tokens (null: the model's own limit; lower it to save KV-cache memory)."""
     max_num_seqs: int | None = None
@@ -108,6 +111,9 @@ def validate_vllm_settings(settings: VLLMSettings, policy: Policy) -> None:
                          "false on this machine")
     if not 0.0 < settings.gpu_memory_utilization <= 1.0:
         raise ValueError(f"model.vllm.gpu_memory_utilization={settings.gpu_memory_utilization}; give a share in (0, 1]")
+    if settings.kv_cache_memory_gib is not None and not settings.kv_cache_memory_gib > 0:
+        raise ValueError(f"model.vllm.kv_cache_memory_gib={settings.kv_cache_memory_gib}; give a size in GiB > 0, "
+                         "or null for a share of memory (gpu_memory_utilization)")
     if settings.max_images_per_prompt < 1:
         raise ValueError(f"model.vllm.max_images_per_prompt={settings.max_images_per_prompt}; it must be >= 1")
     if settings.tensor_parallel_size < 1:
@@ -171,6 +177,8 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=s.enforce_eager, distributed_executor_backend="external_launcher",
             # the sampled token's log-prob after temperature scaling: what the trainer's log-probs compare with
             logprobs_mode="processed_logprobs")
+        if s.kv_cache_memory_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_memory_gib * 2**30)
         if s.max_model_len is not None:
             kwargs["max_model_len"] = s.max_model_len
         if s.max_num_seqs is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,10 @@ class HeldOutEval(PeriodicEvaluation):
       history in the checkpoint).
 
     At train end, rank 0 prints a "before -> after" table (`summary()` holds the same numbers).
+
+    Each evaluation is announced on rank 0 with its size and, once one has run, how long it will take (the last
+    one's seconds per prompt times this one's prompts), and its duration is printed when it ends: on a real model on
+    a CPU an evaluation can take minutes (`max_rows`, `at_start`, `every_n_steps` size it).
     """
 
     def __init__(self, every_n_steps: int = 0, k: int = 1, batch_size: int = 16, at_start: bool = True,
@@ -56,6 +61,7 @@ class HeldOutEval(PeriodicEvaluation):
         self.max_rows = None if max_rows is None else int(max_rows)
         self.console = console or Console(stderr=True)
         self._warned = False
+        self._seconds_per_prompt: float | None = None  # measured by the last evaluation in this process
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -117,5 +123,28 @@ class HeldOutEval(PeriodicEvaluation):
         rows = self._rows(trainer)
         if not rows:
             return
-        self._record(trainer, {name: float(value) for name, value in
-                               pl_module.evaluate(rows, k=self.k, batch_size=self.batch_size).items()})
+        n = len(rows)
+        if trainer.is_global_zero:
+            batches = math.ceil(n / self.batch_size)
+            pace = (f", about {_duration(self._seconds_per_prompt * n)} at the last one's pace"
+                    if self._seconds_per_prompt is not None else "")
+            self.console.print(f"held-out evaluation at step {trainer.global_step}: {n} prompts in {batches} "
+                               f"batch{'es' if batches > 1 else ''} of {self.batch_size}"
+                               f"{f', pass@{self.k}' if self.k > 1 else ''}{pace}")
+        started = time.perf_counter()
+        metrics = pl_module.evaluate(rows, k=self.k, batch_size=self.batch_size)
+        elapsed = time.perf_counter() - started
+        self._seconds_per_prompt = elapsed / n
+        if trainer.is_global_zero:
+            self.console.print(f"held-out evaluation took {_duration(elapsed)} ({elapsed / n:.2f} s per prompt; "
+                               "HeldOutEval max_rows / at_start / every_n_steps size it)")
+        self._record(trainer, {name: float(value) for name, value in metrics.items()})
+
+
+def _duration(seconds: float) -> str:
+    """'42 s' or '3.5 min'.
+
+    >>> _duration(42.4), _duration(210)
+    ('42 s', '3.5 min')
+    """
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

@@ -198,6 +198,11 @@ def test_held_out_eval_runs_at_start_every_n_and_end_and_feeds_the_plot(tmp_path
     assert summary["metrics"]["eval/accuracy"] == {"start": 0.5, "end": 0.5, "change": 0.0}
     table = ev.console.file.getvalue()
     assert "eval/reward" in table and "+1.2500" in table and "step 0 -> step 5" in table
+    # each evaluation is announced with its size; from the second on, with the time the last one's pace gives
+    assert "held-out evaluation at step 0: 4 prompts in 2 batches of 3, pass@4\n" in table
+    assert "at step 0: 4 prompts in 2 batches of 3, pass@4, about" not in table
+    assert "held-out evaluation at step 2: 4 prompts in 2 batches of 3, pass@4, about " in table
+    assert table.count("held-out evaluation took ") == 4
     # every evaluation reaches the logger, although log_every_n_steps=50 holds back the step metrics
     logged = [float(r["eval/reward"]) for r in read_csv(Path(trainer.log_dir) / "metrics.csv") if r.get("eval/reward")]
     assert sorted(logged) == [0.5, 1.0, 1.5, 1.75]

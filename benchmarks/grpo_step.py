@@ -3,7 +3,7 @@
 Both sides run in this one process on the same model, prompts (same order: no shuffling) and settings:
 B=4 prompts x G=8 completions, 64 new tokens, temperature 1.0, loss "grpo", beta 0, group-scaled
 advantages, AdamW (torch.optim) lr 1e-6 constant, grad clip 1.0, no gradient checkpointing, fp32. The
-sides alternate (ours, TRL, ours, TRL, ...) to reduce order bias; warmup steps of each run are dropped.
+sides alternate (ours then TRL, then TRL then ours, ...) to reduce order bias; warmup steps of each run are dropped.
 
     python benchmarks/grpo_step.py [--steps 5] [--warmup 1] [--model tiny|tiny150k|smollm2] [--repeats 2]
                                    [--json out.json] [--engine hf|vllm|both] [--memory]
@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engines = ENGINES if args.engine == "both" else (args.engine,)
     for run in range(args.repeats):
         for engine in engines:
-            for side in sides:
+            # ours first in even rounds, TRL first in odd ones: the VM's drift does not always favour one side
+            for side in (sides if run % 2 == 0 else tuple(reversed(sides))):
                 label = _side(side, engine)
                 print(f"[grpo_step] round {run + 1}/{args.repeats}: {label} ({total} steps)", flush=True)
                 if args.device == "cuda":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,13 +35,18 @@ class HeldOutEval(PeriodicEvaluation):
 
     At train end, rank 0 prints a "before -> after" table (`summary()` holds the same numbers).
 
+    With `save_records`, rank 0 appends each evaluation's per-prompt records (`pl_module.last_eval_records`: the
+    greedy completion, its length, reward, accuracy, each reward's value) as one JSON line ``{"step": ..., "records":
+    [...]}`` to ``<trainer.log_dir>/eval_records.jsonl``; `r1 compare` bootstraps over them (`read_records`).
+
     Each evaluation is announced on rank 0 with its size and, once one has run, how long it will take (the last
     one's seconds per prompt times this one's prompts), and its duration is printed when it ends: on a real model on
     a CPU an evaluation can take minutes (`max_rows`, `at_start`, `every_n_steps` size it).
     """
 
     def __init__(self, every_n_steps: int = 0, k: int = 1, batch_size: int = 16, at_start: bool = True,
-                 at_end: bool = True, max_rows: int | None = None, console: Console | None = None) -> None:
+                 at_end: bool = True, max_rows: int | None = None, save_records: bool = True,
+                 console: Console | None = None) -> None:
         """
         Args:
             every_n_steps: also evaluate when `global_step` is a positive multiple of this; 0 = never.
@@ -48,6 +55,7 @@ class HeldOutEval(PeriodicEvaluation):
             at_start: evaluate before the first step (the "before" of the summary).
             at_end: evaluate after the last step (the "after" of the summary).
             max_rows: evaluate on the first `max_rows` held-out rows only (None = all).
+            save_records: append each evaluation's per-prompt records to <log_dir>/eval_records.jsonl.
             console: where the summary table goes (default: a rich Console on stderr).
         """
         for name, value, low in (("every_n_steps", every_n_steps, 0), ("k", k, 1), ("batch_size", batch_size, 1)):
@@ -59,6 +67,7 @@ class HeldOutEval(PeriodicEvaluation):
         self.k = int(k)
         self.batch_size = int(batch_size)
         self.max_rows = None if max_rows is None else int(max_rows)
+        self.save_records = bool(save_records)
         self.console = console or Console(stderr=True)
         self._warned = False
         self._seconds_per_prompt: float | None = None  # measured by the last evaluation in this process
@@ -139,6 +148,28 @@ class HeldOutEval(PeriodicEvaluation):
             self.console.print(f"held-out evaluation took {_duration(elapsed)} ({elapsed / n:.2f} s per prompt; "
                                "HeldOutEval max_rows / at_start / every_n_steps size it)")
         self._record(trainer, {name: float(value) for name, value in metrics.items()})
+        records = getattr(pl_module, "last_eval_records", None)
+        if self.save_records and records and trainer.is_global_zero and trainer.log_dir is not None:
+            path = Path(trainer.log_dir) / RECORDS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps({"step": trainer.global_step, "records": records}, default=str) + "\n")
+
+
+RECORDS_FILE = "eval_records.jsonl"
+
+
+def read_records(path: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """{step: per-prompt records} from an ``eval_records.jsonl`` (a step evaluated twice, as after a resume, keeps its
+    last line; a torn last line, as after a crash, is skipped)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[int(entry["step"])] = list(entry["records"])
+    return out
 
 
 def _duration(seconds: float) -> str:

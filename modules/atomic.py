@@ -92,6 +92,12 @@ def check_writable(directory: str | os.PathLike, field: str) -> None:
         probe.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through `atomic_path`: a reader sees the old file or the whole new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary file in the same directory, fsynced, then renamed."""
 
@@ -104,4 +110,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-__all__ = ["AtomicCheckpointIO", "SaveError", "atomic_path", "check_writable"]
+__all__ = ["AtomicCheckpointIO", "SaveError", "atomic_path", "atomic_write_text", "check_writable"]

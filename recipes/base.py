@@ -370,6 +370,7 @@ class RLRecipe(PolicyModule):
             "completion_length/max": float(lengths.max()),
             "truncated_ratio": float(rollout.truncated.float().mean()),
             "tokens_per_s/generate": stats.get("generated_tokens", 0.0) / generate_s if generate_s else 0.0,
+            "generated_tokens": stats.get("generated_tokens", 0.0),  # every sampled token, dropped groups included
             "time/generate_s": generate_s,
             "time/step_s": self.elapsed_step_s(),
             "lr": float(self.optimizers().param_groups[0]["lr"]),

@@ -129,6 +129,7 @@ class PolicyModule(L.LightningModule):
                                     "tower); remove model.vision or load a vision-language checkpoint")
         self.policy.model.train()  # from_pretrained returns eval mode; dropout follows the Trainer from here
         self._engine: RolloutEngine | None = None
+        self.last_eval_records: list[dict[str, Any]] = []  # per prompt, set by `evaluate`
         if rollout_engine == "vllm":
             if type(self).build_rollout is not PolicyModule.build_rollout:
                 raise RecipeConfigError(f"model.rollout_engine=vllm: {type(self).__name__} builds its own rollout "
@@ -206,7 +207,12 @@ class PolicyModule(L.LightningModule):
     @torch.no_grad()
     def evaluate(self, rows: list[dict], *, k: int = 1, batch_size: int = 16) -> dict[str, float]:
         """Held-out metrics: greedy reward/accuracy/length (+ each reward function's mean and the recipe's
-        `eval_metrics`), and pass@k from k samples when k > 1."""
+        `eval_metrics`), and pass@k from k samples when k > 1.
+
+        Also sets `last_eval_records`: one dict per prompt, in `rows` order, with its greedy `completion`,
+        `completion_length`, `reward`, `accuracy` (None without an accuracy reward), `rewards` (each function's
+        value, None where it returned None), `pass` (k > 1) and the row's `domain` when it has one; `r1 compare`
+        bootstraps over them."""
         from torchmetrics.aggregation import MeanMetric
         from tqdm.auto import tqdm
 
@@ -215,7 +221,7 @@ class PolicyModule(L.LightningModule):
         per_func = {name: MeanMetric(nan_strategy="ignore").to(self.device) for name in self.reward_set.names}
         show = self._trainer is None or self.trainer.is_global_zero
         chunks = range(0, len(rows), batch_size)
-        greedy_rollouts = []
+        greedy_rollouts, records = [], []
         for i in tqdm(chunks, desc=f"held-out eval ({len(rows)} prompts)", leave=False,
                       disable=not show or len(chunks) < 2):
             if self._trainer is not None and self.trainer.received_sigterm:  # preempted: stop now, not after
@@ -231,10 +237,16 @@ class PolicyModule(L.LightningModule):
                 per_func[name].update(greedy.rewards_per_func[:, j])
             if self.accuracy_reward is not None:
                 meters["accuracy"].update(self.accuracy_values(greedy))
+            chunk_records = _prompt_records(greedy, self.accuracy_values(greedy)
+                                            if self.accuracy_reward is not None else None)
             if k > 1 and self.accuracy_reward is not None:
                 sampled = self.generate_and_score(chunk, purpose="eval", num_generations=k)
                 correct = self.accuracy_values(sampled).view(-1, k)  # (B, k)
-                meters["pass"].update((correct > 0.5).any(dim=1).float())
+                passed = (correct > 0.5).any(dim=1).float()
+                meters["pass"].update(passed)
+                for record, value in zip(chunk_records, passed.tolist()):
+                    record["pass"] = value
+            records.extend(chunk_records)
         out = {"eval/reward": float(meters["reward"].compute()),
                "eval/completion_length": float(meters["completion_length"].compute())}
         means = {name: float(m.compute()) for name, m in per_func.items()}
@@ -246,6 +258,7 @@ class PolicyModule(L.LightningModule):
             if k > 1:
                 out[f"eval/pass@{k}"] = float(meters["pass"].compute())
         out.update(self.eval_metrics(greedy_rollouts))
+        self.last_eval_records = records
         return out
 
     # ------------------------------------------------------------------ optimiser
@@ -322,6 +335,23 @@ class PolicyModule(L.LightningModule):
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self.load_recipe_state(checkpoint.get("recipe_state") or {})
+
+
+def _prompt_records(rollout: RolloutBatch, accuracy: Tensor | None) -> list[dict[str, Any]]:
+    """One plain dict per row of a scored greedy rollout (see `PolicyModule.evaluate`)."""
+    per_func = rollout.rewards_per_func.tolist()
+    domains = rollout.columns.get("domain")
+    records = []
+    for i in range(len(rollout)):
+        record = {"completion": rollout.completions[i], "completion_length": int(rollout.completion_lengths[i]),
+                  "reward": float(rollout.rewards[i]),
+                  "accuracy": None if accuracy is None else float(accuracy[i]),
+                  "rewards": {name: (None if v != v else float(v)) for name, v in zip(rollout.reward_names,
+                                                                                      per_func[i])}}
+        if domains is not None:
+            record["domain"] = domains[i]
+        records.append(record)
+    return records
 
 
 def recipe_settings(recipe: type, cls: type, value: Any, name: str) -> Any:

@@ -24,7 +24,7 @@ from recipes.cli.compare import PRESETS, format_reward_name
 from recipes.ppe import PriorPromptDataModule
 from recipes.cli.registry import CONFIG_DIR
 
-PPE_CONFIGS = [CONFIG_DIR / name for name in PRESETS["ppe"]]
+PPE_CONFIGS = [CONFIG_DIR / arm.configs[0] for arm in PRESETS["ppe"].arms]
 FAST = ["--trainer.max_steps", "2", "--model.sampling.max_new_tokens", "8", "--data.num_rows", "48",
         "--data.val_size", "4", "--model.num_generations", "2", "--data.batch_size", "2",
         "--trainer.enable_progress_bar", "false", "--model.batching.skip_zero_signal_steps", "false"]
@@ -170,7 +170,7 @@ def test_compare_trains_two_configs_and_tabulates_their_evaluations(tiny_model_p
     printed = capsys.readouterr().out
     table = printed[printed.index("comparison"):]
     assert re.search(r"ppe_think\s+│\s+2\s+│", table) and re.search(r"ppe_examples\s+│\s+2\s+│", table)
-    rows = json.loads((out / "comparison.json").read_text())
+    rows = json.loads((out / "comparison.json").read_text())["runs"]
     assert [r["run"] for r in rows] == ["ppe_think", "ppe_examples"]
     assert pd.read_csv(out / "comparison.csv")["run"].tolist() == ["ppe_think", "ppe_examples"]
     for version, row in enumerate(rows):  # the numbers are each run's own first and last evaluation

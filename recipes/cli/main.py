@@ -4,7 +4,7 @@
     r1 fit --config recipes/configs/grpo.yaml      train (any --trainer.*, --model.*, --data.* override)
     r1 fit --config ... --ckpt_path last.ckpt      resume
     r1 compare --configs a.yaml b.yaml [overrides] train each config in turn, then a table of their evaluations
-    r1 compare --preset ppe [overrides]            the five pPE prior-prompt configs (recipes/cli/compare.py)
+    r1 compare --preset laser [--seeds 0 1 2]      a recipe against its baseline, bootstrap intervals (--list)
     r1 run --config recipes/pipelines/lhrm.yaml [--restart_from STAGE]   a multi-stage pipeline (SFT -> RL, ...)
     r1 cloud fit --config ... --machine H100_X_8   the same run as a Lightning AI job (docs/cloud.md)
     r1 subspaces --config recipes/configs/safety_subspaces.yaml   safety-subspace analysis (not a fit config)

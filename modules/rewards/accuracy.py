@@ -490,3 +490,29 @@ def accuracy_reward(
         gold_extraction_config=gold_extraction_config, extraction_mode=extraction_mode, fallback_mode=fallback_mode)
     return [_score(completion_text(c), g, extract, mode, timeout_seconds, options)
             for c, g in zip(completions, answer)]
+
+
+@register_reward("answer_forms")
+def answer_forms_reward(prompts: list, completions: list, answer: list | None = None, forms: list | None = None, *,
+                        extract: str = "boxed", **kwargs) -> list[float | None]:
+    r"""A reference judge for tasks whose rows list every accepted way of writing the answer (the `forms` column of
+    `general_qa`): 1.0 when the extracted answer is math-verify-equal to the gold `answer` (the `accuracy` reward's
+    ``math`` mode) or `normalize_text`-equal to one of the row's `forms`, 0.0 otherwise, None where the gold is None.
+    Knowing every form, it measures another verifier's false negatives: answers it accepts that the verifier
+    rejected (`r1 compare --preset tinyv`). Weight 0 in a config logs it without training on it.
+
+    >>> answer_forms_reward([""] * 3, [r"\boxed{seven}", r"\boxed{7}", r"\boxed{8}"], ["7"] * 3,
+    ...                     [["7.0", "seven"]] * 3)
+    [1.0, 1.0, 0.0]
+    """
+    check = accuracy_reward(prompts, completions, answer, extract=extract, mode="math", **kwargs)
+    forms = forms if forms is not None else [None] * len(completions)
+    out: list[float | None] = []
+    for completion, ok, row_forms in zip(completions, check, forms):
+        if ok is None or ok == 1.0:
+            out.append(ok)
+            continue
+        pred = extract_answer(completion_text(completion), extract)
+        accepted = {normalize_text(f) for f in row_forms or []}
+        out.append(float(pred is not None and normalize_text(pred) in accepted))
+    return out

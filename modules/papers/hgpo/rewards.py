@@ -93,6 +93,18 @@ def hybrid_correct(prompts: list, completions: list, answer: list | None = None,
     return out
 
 
+@register_reward("hybrid_format")
+def hybrid_format(prompts: list, completions: list, *, think_tag: str = THINK_TAG, no_think_tag: str = NO_THINK_TAG,
+                  **kwargs) -> list[float]:
+    """1.0 when the response is well formed in one of the two modes (opens with a mode tag, closes it and gives a
+    non-empty answer: `extract_hybrid_answer` finds one), else 0.0: the format rate of a hybrid model, for any row.
+
+    >>> hybrid_format(None, ["<think>5+7=12</think>12", "<no_think>hi</no_think>", "<think>5+7", "12"])
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    return [float(extract_hybrid_answer(completion_text(c), think_tag, no_think_tag) is not None) for c in completions]
+
+
 @register_reward("toy_chat_rm")
 def toy_chat_rm(prompts: list, completions: list, keywords: list | None = None, *, max_words: int = 20,
                 keyword_weight: float = 0.7, think_tag: str = THINK_TAG, no_think_tag: str = NO_THINK_TAG,

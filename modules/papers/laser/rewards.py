@@ -339,6 +339,19 @@ def _laser(name: str, completions: list, answer: list | None, *, targets, alpha:
     return rewards
 
 
+@register_reward("laser_correctness")
+def laser_correctness_reward(prompts: list, completions: list, answer: list | None = None, *,
+                             require_think: bool = True, timeout_seconds: int | None = 5, **kwargs) -> list[float | None]:
+    r"""C(y) alone (`correctness_score`): LASER's reward without the length bonus, the paper's baseline reward. A plain
+    reward any recipe can use (GRPO against LASER in `r1 compare --preset laser`).
+
+    >>> laser_correctness_reward(None, [r"\boxed{4}", r"\boxed{5}", "4"], ["4"] * 3, require_think=False)
+    [1.0, -0.5, -1.0]
+    """
+    return [correctness_score(c, gold, require_think=require_think, timeout_seconds=timeout_seconds)
+            for c, gold in zip(completions, answer if answer is not None else [None] * len(completions))]
+
+
 @register_reward("laser")
 def laser_reward(prompts: list, completions: list, answer: list | None = None, *, laser_targets: int | None = None,
                  laser_alpha: float = 0.5, require_think: bool = True, completion_lengths: list[int] | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 from pathlib import Path
@@ -92,6 +93,17 @@ def check_writable(directory: str | os.PathLike, field: str) -> None:
         probe.unlink(missing_ok=True)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN -> None, recursively through dicts, lists and tuples (strict JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through `atomic_path`: a reader sees the old file or the whole new one."""
     with atomic_path(path) as tmp:
@@ -110,4 +122,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-__all__ = ["AtomicCheckpointIO", "SaveError", "atomic_path", "atomic_write_text", "check_writable"]
+__all__ = ["AtomicCheckpointIO", "SaveError", "atomic_path", "atomic_write_text", "check_writable", "json_safe"]

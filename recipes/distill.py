@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from modules.papers.distill.filters import (combine, comparison_rows, comparison_table, even_turns_filter, length_filter,
                              ngram_repetition_filter, perplexity_filter, stats_table, teacher_stats,
                              think_answer_filter, verify_filter)
+from modules.atomic import json_safe
 from modules.policy import Policy
 from modules.sft import response_nll, sft_example
 from modules.rollout.engine import split_rows
@@ -224,21 +225,10 @@ class Distill(SFT):
         for logger in self.trainer.loggers:
             logger.log_metrics(flat, step=0)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "dataset_stats.json").write_text(json.dumps(_json_safe(self.dataset_stats), indent=1))
+        (out / "dataset_stats.json").write_text(json.dumps(json_safe(self.dataset_stats), indent=1))
         with open(out / "dropped_rows.jsonl", "w", encoding="utf-8") as fh:
             for row in self.dropped_rows:
-                fh.write(json.dumps(_json_safe(row), default=str) + "\n")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, recursively (strict JSON)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+                fh.write(json.dumps(json_safe(row), default=str) + "\n")
 
 
 def compare(stage_dir: Path, model_path: str, *, students: list[str], metric: str = "eval/accuracy") -> dict[str, Any]:
@@ -268,7 +258,7 @@ def compare(stage_dir: Path, model_path: str, *, students: list[str], metric: st
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["student"])
         writer.writeheader()
         writer.writerows(rows)
-    json_path.write_text(json.dumps(_json_safe(rows), indent=1))
+    json_path.write_text(json.dumps(json_safe(rows), indent=1))
     return {"model_path": model_path, "table_csv": str(csv_path), "table_json": str(json_path)}
 
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules.atomic import atomic_write_text
+from modules.atomic import atomic_write_text, json_safe
 from recipes.cli.registry import CONFIG_DIR
 
 FORMAT_REWARD_NAMES = ("exact_structure", "format")
@@ -278,20 +278,10 @@ def train_one(arm: Arm, overrides: list[str], run_dir: Path, format_reward: str 
         if result.start_step != 0:  # no step-0 evaluation (at_start: false): there is no "before"
             result.start_step, result.eval_start = None, {}
     if trainer.is_global_zero:
-        atomic_write_text(done, json.dumps(_nan_free(asdict(result)), indent=2, default=str))
+        atomic_write_text(done, json.dumps(json_safe(asdict(result)), indent=2, default=str))
     del cli, trainer, model
     gc.collect()
     return result
-
-
-def _nan_free(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_free(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_free(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -392,7 +382,7 @@ def write_results(results: list[RunResult], out: Path, analysis: dict[str, Any] 
         writer.writeheader()
         writer.writerows(rows)
     payload = {**(analysis or {}), "runs": [{**asdict(r), **r.row()} for r in results]}
-    atomic_write_text(json_path, json.dumps(_nan_free(payload), indent=2, default=str))
+    atomic_write_text(json_path, json.dumps(json_safe(payload), indent=2, default=str))
     return csv_path, json_path
 
 

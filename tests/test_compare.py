@@ -157,3 +157,16 @@ def test_model_override_is_found_in_either_spelling():
     assert compare_module._model_override(["--model.model_name_or_path", "a", "--x", "1"]) == "a"
     assert compare_module._model_override(["--model.init_args.model_name_or_path=b"]) == "b"
     assert compare_module._model_override(["--trainer.max_steps", "3"]) is None
+
+
+def test_fingerprint_ignores_comments_and_follows_values_overrides_and_seed(tmp_path):
+    config = tmp_path / "a.yaml"
+    config.write_text("trainer: {max_steps: 4}\n")
+    arm = compare_module.Arm("a", (str(config),))
+    key = compare_module.fingerprint(arm, [], 0)
+    config.write_text("# a comment\ntrainer:\n  max_steps: 4\n")
+    assert compare_module.fingerprint(arm, [], 0) == key
+    assert compare_module.fingerprint(arm, [], 1) != key
+    assert compare_module.fingerprint(arm, ["--trainer.max_steps", "5"], 0) != key
+    config.write_text("trainer: {max_steps: 5}\n")
+    assert compare_module.fingerprint(arm, [], 0) != key

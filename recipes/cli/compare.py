@@ -197,12 +197,14 @@ def resolve_arms(configs: list[str] | None, preset: str | None) -> tuple[Preset,
 
 
 def fingerprint(arm: Arm, overrides: list[str], seed: int | None) -> str:
-    """sha256 over the arm's config file contents, its and the user's overrides, and the seed."""
-    h = hashlib.sha256()
-    for path in (*arm.configs, *([arm.warm_start] if arm.warm_start else [])):
-        h.update(Path(path).read_bytes())
-    h.update(json.dumps([list(arm.overrides), list(overrides), seed]).encode())
-    return h.hexdigest()[:16]
+    """sha256 over the arm's parsed config files (a comment or layout edit keeps the fingerprint), its and the user's
+    overrides, and the seed."""
+    import yaml
+
+    files = [yaml.safe_load(Path(path).read_text()) for path in (*arm.configs, *([arm.warm_start] if arm.warm_start
+                                                                                 else []))]
+    payload = json.dumps([files, list(arm.overrides), list(overrides), seed], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _names_logger(overrides: list[str]) -> bool:

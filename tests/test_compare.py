@@ -55,8 +55,7 @@ def test_every_preset_runs_one_step_on_the_tiny_model(preset, tiny_model_path, t
     if spec.baseline:
         assert set(result["vs_baseline"]) == {a.name for a in spec.arms} - {spec.baseline}
     if preset == "hgpo":  # the warm start ran once, and the arm started from its merged model
-        done = json.loads((out / "sft_then_hgpo" / "seed0").parent.joinpath("warm_start", "hft", "DONE.json")
-                          .read_text())
+        done = json.loads((out / "sft_then_hgpo" / "warm_start" / "hft" / "DONE.json").read_text())
         assert Path(done["model_path"]).is_dir()
         assert done["model_path"] in (Path(run["log_dir"]) / "hparams.yaml").read_text()
     if preset == "disco":  # per-domain records
